@@ -1,0 +1,47 @@
+# `make run` serves the embedded default (SQLite + files under ./var); `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 2
+# Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow" -x'
+PYTEST_ARGS ?=
+# make demo: where its runs go, its two servers' ports, and how much data it makes.
+DEMO_DIR ?= var/demo
+NODE_PORT ?= 8101
+CENTRAL_PORT ?= 8102
+DEMO_DATA_ARGS ?= --cameras 3 --nights 2 --events-per-night 15 --files-per-event 3 --standalone-files 4 --file-size 256KiB
+
+.PHONY: run test test-fast bench install clean demo
+
+# The venv is rebuilt when the dependencies change.
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,postgres]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/meteorpi db upgrade
+	$(BIN)/meteorpi serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/import_handshake.py
+
+# Two servers on loopback: a camera node fills up with demo data and replicates it to a
+# central server while you watch; it then says where to look. Servers stop on exit.
+demo: install
+	BIN=$(BIN) DEMO_DIR=$(DEMO_DIR) NODE_PORT=$(NODE_PORT) CENTRAL_PORT=$(CENTRAL_PORT) \
+		DEMO_DATA_ARGS='$(DEMO_DATA_ARGS)' scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

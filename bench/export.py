@@ -1,0 +1,445 @@
+"""Benchmark of the exporter: a synthetic night replicated to a real ``meteorpi serve``.
+
+Run:  .venv/bin/python bench/export.py [--quick] [--database sqlite|postgresql|both]
+
+For each database, two fresh ones are made, a camera node's and a central server's (SQLite
+files in a temporary directory, or uniquely named PostgreSQL databases created through
+the ``test`` database and dropped at the end). The central server runs as ``meteorpi
+serve --workers 2`` on a free loopback port with an ``import`` user. The node is this
+process: its records are written by ``meteorpi demo-data``'s generator (the Recorder, as
+a camera writes them), and the exporter runs in this process too, so nothing but the
+export is timed.
+
+Each repetition records two new nights on the node, and sends
+
+exporter
+    one night with the export runner (``Exporter.run_once``, as ``meteorpi export run
+    --once`` does): describe the target, mark the night's tasks (one INSERT ... SELECT),
+    send each task with the handshake driver, and commit each task's outcome before the
+    next. Two configurations, the night's events and its stand-alone files, run in
+    parallel as they would in production.
+baseline
+    the other night with the bare handshake driver: one ``ImportClient`` (after
+    ``describe()``, so it uploads the same way) and ``export_entity`` for each entity
+    in turn, events then stand-alone files, with no tasks, marking or commits.
+
+entities/s counts events and stand-alone files completed per second of wall time; MB/s
+counts file bytes uploaded per second. "x baseline" is the exporter's rate divided by the
+baseline's from the same repetition (the order alternates between repetitions). Then an
+empty pass (``run_once`` with nothing new) and marking alone (the night's tasks inserted
+again into a fresh configuration) are timed. Every figure is the median over the
+repetitions; progress goes to stderr, the table to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import requests
+import yaml
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from meteorpi_model import EventSearch, ExportConfiguration, FileSearch
+from meteorpi_server.db import Database
+from meteorpi_server.demo import DemoPlan, generate
+from meteorpi_server.exporter import configs
+from meteorpi_server.exporter.handshake import ImportClient, export_entity
+from meteorpi_server.exporter.marking import mark
+from meteorpi_server.exporter.runner import Exporter, ExporterSettings
+from meteorpi_server.exporter.source import StoreSource
+from meteorpi_server.files import FileStore
+from meteorpi_server.orm import EventRow, FileRecordRow
+from meteorpi_server.recording import Recorder
+
+POSTGRES_URL = os.environ.get("METEORPI_BENCH_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+METEORPI = Path(sys.executable).parent / "meteorpi"
+USER = "bench-node"
+WORKERS = 2
+DAY_MS = 86_400_000
+FIRST_NIGHT = datetime.date(2026, 1, 1)
+STARTED = time.perf_counter()
+
+
+class BenchError(RuntimeError):
+    """Something the benchmark cannot measure past: a failed command or a failed export."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    repeats: int
+    night: DemoPlan
+
+
+DEFAULT = Plan(repeats=3, night=DemoPlan(cameras=3, nights=1, events_per_night=40,
+                                         files_per_event=3, standalone_files=4,
+                                         file_size=64 * 1024))
+QUICK = Plan(repeats=1, night=DemoPlan(cameras=3, nights=1, events_per_night=12,
+                                       files_per_event=3, standalone_files=2,
+                                       file_size=64 * 1024))
+
+
+def progress(message: str) -> None:
+    print(f"[{time.perf_counter() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# Databases and the server --------------------------------------------------------------------
+
+def postgres_problem() -> str | None:
+    try:
+        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as error:  # any failure to connect means "not reachable"
+        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    return None
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, directory: Path, role: str) -> Iterator[str]:
+    """An empty database of ``kind`` for ``role``; PostgreSQL ones are dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / f'{role}.db'}"
+        return
+    name = f"meteorpi_bench_export_{os.getpid()}_{secrets.token_hex(3)}_{role}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def meteorpi(config: Path, *arguments: str, stdin: str | None = None) -> None:
+    completed = subprocess.run([str(METEORPI), "--config", str(config), *arguments], input=stdin,
+                               capture_output=True, text=True, timeout=120)
+    if completed.returncode != 0:
+        raise BenchError(f"meteorpi {' '.join(arguments)} failed ({completed.returncode}):\n"
+                         f"{completed.stdout}{completed.stderr}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def central_server(config: Path) -> Iterator[str]:
+    """``meteorpi serve`` on a free loopback port; yields its base URL, stops it with SIGTERM."""
+    port = free_port()
+    log_path = config.with_suffix(".log")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([str(METEORPI), "--config", str(config), "serve", "--port",
+                                    str(port), "--workers", str(WORKERS)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    raise BenchError(f"the server exited with status {process.returncode}")
+                try:
+                    if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError("the server did not answer /health within 60 s")
+                time.sleep(0.1)
+            yield url
+        except BaseException:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+            print(f"--- end of the server log {log_path} ---\n{tail}\n---", file=sys.stderr)
+            raise
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(35)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+# The node ----------------------------------------------------------------------------------
+
+class Node:
+    """The camera node: its database, file store and recorder, in this process."""
+
+    def __init__(self, database_url: str, file_store: Path):
+        self.database = Database(database_url)
+        self.database.upgrade()
+        self.files = FileStore(file_store)
+        self.recorder = Recorder(self.database, self.files)
+
+    def record_night(self, night: int, plan: DemoPlan) -> tuple[int, int]:
+        """Record night number ``night``; returns its (start, end) in ms."""
+        date = FIRST_NIGHT + datetime.timedelta(days=night)
+        generate(self.recorder, replace(plan, nights=1, first_night=date))
+        start = int(datetime.datetime.combine(date, datetime.time(12), datetime.UTC)
+                    .timestamp() * 1000)
+        return start, start + DAY_MS
+
+    def add_exports(self, name: str, url: str, password: str, window: tuple[int, int]) -> None:
+        """Two configurations for one night: its events, and its stand-alone files."""
+        after, before = window[0] - 1, window[1]
+        with self.database.write() as session:
+            for kind, search in (("events", EventSearch(after=after, before=before)),
+                                 ("files", FileSearch(after=after, before=before))):
+                configs.add(session, ExportConfiguration(
+                    config_id=uuid.uuid4(), name=f"{name}-{kind}", target_url=f"{url}/import",
+                    user_id=USER, password=password, search=search))
+
+    def disable_all(self) -> None:
+        with self.database.write() as session:
+            for view in configs.list_views(session):
+                if view.configuration.enabled:
+                    configs.disable(session, view.name)
+
+    def entities(self, window: tuple[int, int]) -> list:
+        """The night's events and stand-alone files, as the exporter would load them."""
+        source = StoreSource(self.database, self.files)
+        with self.database.read() as session:
+            event_ids = list(session.scalars(
+                select(EventRow.event_id).where(EventRow.event_time >= window[0],
+                                                EventRow.event_time < window[1])
+                .order_by(EventRow.event_time)))
+            file_ids = list(session.scalars(
+                select(FileRecordRow.file_id).where(FileRecordRow.event_id.is_(None),
+                                                    FileRecordRow.file_time >= window[0],
+                                                    FileRecordRow.file_time < window[1])
+                .order_by(FileRecordRow.file_time)))
+        return ([source.entity("event", entity_id) for entity_id in event_ids]
+                + [source.entity("file", entity_id) for entity_id in file_ids])
+
+
+@dataclass(frozen=True)
+class Pass:
+    entities: int
+    file_bytes: int
+    seconds: float
+
+    @property
+    def entities_per_second(self) -> float:
+        return self.entities / self.seconds
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.file_bytes / self.seconds / 1e6
+
+
+def run_exporter(node: Node) -> Pass:
+    exporter = Exporter(node.database, node.files, ExporterSettings(max_failures=0))
+    start = time.perf_counter()
+    summary = exporter.run_once()
+    seconds = time.perf_counter() - start
+    if summary.failures:
+        first = next(target for target in summary.targets.values() if target.failures)
+        raise BenchError(f"the exporter failed: {first.name}: {first.last_error}")
+    return Pass(summary.entities_sent,
+                sum(target.bytes_uploaded for target in summary.targets.values()), seconds)
+
+
+def run_baseline(node: Node, url: str, password: str, entities: list) -> Pass:
+    source = StoreSource(node.database, node.files)
+    uploaded = 0
+    with ImportClient(f"{url}/import", USER, password) as client:
+        start = time.perf_counter()
+        client.describe()
+        for entity in entities:
+            result = export_entity(client, entity, source)
+            if not result.ok:
+                raise BenchError(f"the baseline failed on {entity.id.hex}: {result.state}: "
+                                 f"{result.message}")
+            uploaded += result.bytes_uploaded
+        seconds = time.perf_counter() - start
+    return Pass(len(entities), uploaded, seconds)
+
+
+def time_marking(node: Node, window: tuple[int, int], url: str, password: str) -> tuple[int, float]:
+    """Marking alone: a fresh configuration over one night, marked in one statement."""
+    name = f"mark-{secrets.token_hex(3)}"
+    node.add_exports(name, url, password, window)
+    with node.database.write() as session:
+        row = configs.get_row(session, f"{name}-events")
+        start = time.perf_counter()
+        marked = mark(session, row)
+        seconds = time.perf_counter() - start
+        configs.remove(session, f"{name}-events")
+        configs.remove(session, f"{name}-files")
+    return marked, seconds
+
+
+# One database ----------------------------------------------------------------------------------
+
+def bench_database(kind: str, plan: Plan) -> dict[str, float]:
+    samples: dict[str, list[float]] = defaultdict(list)
+    password = secrets.token_urlsafe(18)
+    with tempfile.TemporaryDirectory(prefix=f"meteorpi-bench-export-{kind}-") as directory, \
+            fresh_database(kind, Path(directory), "node") as node_url, \
+            fresh_database(kind, Path(directory), "central") as central_url:
+        workdir = Path(directory)
+        central_config = workdir / "central.yaml"
+        central_config.write_text(yaml.safe_dump({
+            "database_url": central_url, "file_store": str(workdir / "central-files"),
+            "log_level": "warning"}))
+        progress(f"{kind}: migrating two fresh databases, adding user {USER} on the central one")
+        meteorpi(central_config, "db", "upgrade")
+        meteorpi(central_config, "users", "add", USER, "--role", "import", "--password-stdin",
+                 stdin=password + "\n")
+        node = Node(node_url, workdir / "node-files")
+        try:
+            with central_server(central_config) as url:
+                for repeat in range(plan.repeats):
+                    measure(node, url, password, plan, repeat, samples)
+        finally:
+            node.database.dispose()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure(node: Node, url: str, password: str, plan: Plan, repeat: int, samples: dict) -> None:
+    windows = [node.record_night(2 * repeat + offset, plan.night) for offset in (0, 1)]
+    node.disable_all()
+    node.add_exports(f"night{repeat}", url, password, windows[0])
+    baseline_entities = node.entities(windows[1])
+
+    def exporter_pass() -> Pass:
+        return run_exporter(node)
+
+    def baseline_pass() -> Pass:
+        return run_baseline(node, url, password, baseline_entities)
+
+    # Alternate which goes first, so a drift in the machine's speed favours neither.
+    if repeat % 2 == 0:
+        exporter, baseline = exporter_pass(), baseline_pass()
+    else:
+        baseline, exporter = baseline_pass(), exporter_pass()
+    if exporter.entities != baseline.entities:
+        raise BenchError(f"the exporter sent {exporter.entities} entities, the baseline "
+                         f"{baseline.entities}: the nights differ")
+    empty = run_exporter(node)
+    if empty.entities:
+        raise BenchError(f"the empty pass sent {empty.entities} entities")
+    marked, mark_seconds = time_marking(node, windows[0], url, password)
+    record(samples,
+           exporter_entities=exporter.entities_per_second,
+           exporter_mb=exporter.megabytes_per_second,
+           baseline_entities=baseline.entities_per_second,
+           baseline_mb=baseline.megabytes_per_second,
+           entities_x=exporter.entities_per_second / baseline.entities_per_second,
+           mb_x=exporter.megabytes_per_second / baseline.megabytes_per_second,
+           empty_ms=empty.seconds * 1000,
+           mark_per_second=marked / mark_seconds)
+    progress(f"  run {repeat + 1}/{plan.repeats}: {exporter.entities} entities, "
+             f"{exporter.file_bytes / 1e6:.1f} MB each way; exporter {exporter.seconds:.2f} s "
+             f"({exporter.entities_per_second:.1f} entities/s, {exporter.megabytes_per_second:.1f} MB/s), "
+             f"baseline {baseline.seconds:.2f} s ({baseline.entities_per_second:.1f} entities/s, "
+             f"{baseline.megabytes_per_second:.1f} MB/s); empty pass {empty.seconds * 1000:.0f} ms; "
+             f"marking {marked} tasks in {mark_seconds * 1000:.1f} ms")
+
+
+def record(samples: dict, **values: float) -> None:
+    for name, value in values.items():
+        samples[name].append(value)
+
+
+# Output -------------------------------------------------------------------------------------
+
+ROWS = (
+    ("baseline (bare handshake driver), entities/s", "baseline_entities", "{:,.1f}"),
+    ("baseline, MB/s of file bytes", "baseline_mb", "{:,.2f}"),
+    ("exporter (export run --once), entities/s", "exporter_entities", "{:,.1f}"),
+    ("  x baseline", "entities_x", "{:.2f}"),
+    ("exporter, MB/s of file bytes", "exporter_mb", "{:,.2f}"),
+    ("  x baseline", "mb_x", "{:.2f}"),
+    ("empty pass (nothing new), ms", "empty_ms", "{:,.0f}"),
+    ("marking, tasks/s (one INSERT ... SELECT)", "mark_per_second", "{:,.0f}"),
+)
+
+
+def print_table(results: dict[str, dict[str, float]], plan: Plan) -> None:
+    night = plan.night
+    events = night.cameras * night.events_per_night
+    standalone = night.cameras * night.standalone_files
+    width = max(len(label) for label, _, _ in ROWS)
+    print(f"\nmeteorpi exporter benchmark: medians of {plan.repeats} run(s); a night of "
+          f"{events} events x {night.files_per_event} files + {standalone} stand-alone files, "
+          f"{night.file_size // 1024} KiB each; target: meteorpi serve, {WORKERS} gthread workers")
+    kinds = list(results)
+    print(f"{'figure':<{width}}" + "".join(f"  {kind:>12}" for kind in kinds))
+    print("-" * (width + 14 * len(kinds)))
+    for label, name, style in ROWS:
+        print(f"{label:<{width}}" + "".join(f"  {style.format(results[kind][name]):>12}"
+                                            for kind in kinds))
+
+
+def choose_databases(requested: str | None) -> list[str]:
+    if requested == "sqlite":
+        return ["sqlite"]
+    problem = postgres_problem()
+    if problem is None:
+        return ["postgresql"] if requested == "postgresql" else ["sqlite", "postgresql"]
+    where = make_url(POSTGRES_URL).render_as_string(hide_password=True)
+    if requested is None:
+        print(f"note: PostgreSQL is not reachable at {where} ({problem}); benchmarking SQLite only",
+              file=sys.stderr)
+        return ["sqlite"]
+    raise BenchError(f"PostgreSQL is not reachable at {where}: {problem}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one run of a smaller night")
+    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"),
+                        help="default: both if PostgreSQL answers, else sqlite")
+    parser.add_argument("--events", type=int, metavar="N", help="events per camera and night")
+    parser.add_argument("--repeats", type=int, metavar="R", help="repetitions of every figure")
+    arguments = parser.parse_args(argv)
+    plan = QUICK if arguments.quick else DEFAULT
+    if arguments.events:
+        plan = replace(plan, night=replace(plan.night, events_per_night=arguments.events))
+    if arguments.repeats:
+        plan = replace(plan, repeats=arguments.repeats)
+    if not METEORPI.exists():
+        print(f"error: {METEORPI} not found: run this with the project's virtualenv python",
+              file=sys.stderr)
+        return 2
+    try:
+        databases = choose_databases(None if arguments.database == "both" else arguments.database)
+        results = {kind: bench_database(kind, plan) for kind in databases}
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the server was stopped and the databases removed", file=sys.stderr)
+        return 130
+    print_table(results, plan)
+    progress("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The meteorpi replication server: a Flask app built by :func:`create_app`."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask, jsonify
+
+from .config import Config, load_config
+
+__all__ = ["create_app", "Config", "load_config"]
+
+
+def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
+    """Build the WSGI app. ``config`` is a Config, a mapping of settings, or None for
+    the configuration file and environment (see :func:`load_config`)."""
+    from .api import batch, cameras, downloads, errors, exports, feed, importer, search
+    from .services import Services
+
+    if config is None:
+        config = load_config()
+    elif not isinstance(config, Config):
+        config = Config.from_mapping(config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = None  # limits are ours, per route
+    app.json.sort_keys = False
+    app.extensions["meteorpi"] = Services.build(config)
+    errors.register_error_handlers(app)
+    app.register_blueprint(importer.blueprint)
+    app.register_blueprint(downloads.blueprint)
+    app.register_blueprint(batch.blueprint)
+    app.register_blueprint(search.blueprint)
+    app.register_blueprint(cameras.blueprint)
+    app.register_blueprint(feed.blueprint)
+    app.register_blueprint(exports.blueprint)
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "ok"})
+
+    return app

@@ -1,0 +1,1 @@
+"""HTTP blueprints. Route functions only parse the request and shape the reply."""

@@ -1,0 +1,95 @@
+"""GET /cameras and one camera's statuses and metadata."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from meteorpi_model.limits import MAX_TIME_MS
+
+from .. import cameras
+from ..store import now_ms
+from .errors import ApiError
+from .params import QueryParameters
+from .security import requires_read_access, requires_role
+from .uploads import read_json
+
+blueprint = Blueprint("cameras", __name__)
+
+
+def _services():
+    return current_app.extensions["meteorpi"]
+
+
+def _unknown_camera(camera_id: str) -> ApiError:
+    return ApiError(404, f"no record from camera '{camera_id}' has arrived here", "not_found")
+
+
+@blueprint.get("/cameras")
+@requires_read_access()
+def list_cameras():
+    """``{"cameras": [...]}``, every camera heard from, or with ``connected=1`` only
+    those heard from within ``camera_connected_seconds``."""
+    params = QueryParameters(request.args, ("connected",))
+    connected_only = params.flag("connected")
+    services = _services()
+    with services.database.read() as session:
+        found = cameras.list_cameras(session, now_ms(), services.config.camera_connected_seconds,
+                                     connected_only)
+    return jsonify({"cameras": [camera.to_dict() for camera in found]})
+
+
+def _camera_reply(camera_id: str):
+    services = _services()
+    with services.database.read() as session:
+        camera = cameras.get_camera(session, camera_id, now_ms(),
+                                    services.config.camera_connected_seconds)
+    if camera is None:
+        raise _unknown_camera(camera_id)
+    return jsonify({"camera": camera.to_dict()})
+
+
+@blueprint.get("/cameras/<camera_id>")
+@requires_read_access()
+def get_camera(camera_id: str):
+    """``{"camera": {...}}`` with the camera's status history under ``statuses``."""
+    return _camera_reply(camera_id)
+
+
+@blueprint.put("/cameras/<camera_id>/meta")
+@requires_role("camera_admin")
+def set_camera_meta(camera_id: str):
+    """Replace the camera's free-form JSON metadata; answers as GET /cameras/<camera_id>."""
+    meta = read_json(request, _services().config.max_json_bytes)
+    try:
+        with _services().database.write() as session:
+            found = cameras.set_meta(session, camera_id, meta)
+    except cameras.CameraMetaError as error:
+        raise ApiError(400, str(error), "bad_meta") from None
+    if not found:
+        raise _unknown_camera(camera_id)
+    return _camera_reply(camera_id)
+
+
+def _status_reply(camera_id: str, time_ms: int, when: str):
+    with _services().database.read() as session:
+        status = cameras.status_at(session, camera_id, time_ms)
+    if status is None:
+        raise ApiError(404, f"camera '{camera_id}' has no status in force {when}", "not_found")
+    return jsonify({"status": status.to_dict()})
+
+
+@blueprint.get("/cameras/<camera_id>/status")
+@requires_read_access()
+def current_status(camera_id: str):
+    """The original API: ``{"status": {...}}``, the status in force now."""
+    return _status_reply(camera_id, now_ms(), "now")
+
+
+@blueprint.get("/cameras/<camera_id>/status/<time_ms>")
+@requires_read_access()
+def status_at_time(camera_id: str, time_ms: str):
+    """The original API: ``{"status": {...}}``, the status in force at ``time_ms``."""
+    if not (time_ms.isascii() and time_ms.isdigit() and len(time_ms) <= 16
+            and int(time_ms) <= MAX_TIME_MS):
+        raise ApiError(400, f"the time in the URL must be milliseconds since 1970, "
+                            f"0 to {MAX_TIME_MS}", "bad_url", field="time_ms")
+    return _status_reply(camera_id, int(time_ms), f"at {time_ms}")

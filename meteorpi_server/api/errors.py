@@ -1,0 +1,66 @@
+"""Every error is a JSON reply: a 4xx that says what is wrong, or a bare 500.
+
+Replies under /import also carry ``"state": "failed"`` so a legacy exporter that reads
+the state rather than the status code still backs off correctly.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from meteorpi_model import ValidationError
+
+from ..importing import ProtocolError
+
+log = logging.getLogger("meteorpi.api")
+
+
+class ApiError(Exception):
+    """Raise from a view to answer ``status`` with a JSON error."""
+
+    def __init__(self, status: int, message: str, error: str = "bad_request", **details):
+        super().__init__(message)
+        self.status, self.message, self.error, self.details = status, message, error, details
+
+
+def error_response(status: int, error: str, message: str, **details):
+    body = {"error": error, "message": message, **details}
+    if request.path.startswith("/import"):
+        body["state"] = "failed"
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError):
+        return error_response(error.status, error.error, error.message, **error.details)
+
+    @app.errorhandler(ValidationError)
+    def invalid_entity(error: ValidationError):
+        return error_response(400, "invalid_entity", str(error), field=error.path)
+
+    @app.errorhandler(ProtocolError)
+    def protocol_error(error: ProtocolError):
+        details = {"field": error.field} if error.field else {}
+        return error_response(400, "bad_request", error.message, **details)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        name = (error.name or "error").lower().replace(" ", "_")
+        response = error_response(error.code or 500, name, error.description or error.name)
+        # Keep what the exception says about the resource (Allow, WWW-Authenticate,
+        # Content-Range on a 416...); only the body is ours.
+        for name, value in error.get_headers():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error",
+                              "the server failed to handle this request; the error is in its log")

@@ -1,0 +1,126 @@
+"""POST /import and POST /import/data/<file_id>/<md5>: the legacy import protocol."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from meteorpi_model import ValidationError, parse_id, parse_md5
+
+from ..files import IncompleteUpload
+from ..resumable import Checksum, UploadError
+from .errors import ApiError, error_response
+from .security import current_user, requires_role
+from .uploads import MultipartFileField, read_json
+
+blueprint = Blueprint("importer", __name__)
+
+ORIGIN_HEADER = "Meteorpi-Origin"
+
+
+def _services():
+    return current_app.extensions["meteorpi"]
+
+
+def origin_server():
+    """The sending server's id from the ``Meteorpi-Origin`` header (legacy nodes send none)."""
+    value = request.headers.get(ORIGIN_HEADER)
+    if value is None:
+        return None
+    try:
+        return parse_id(value, ORIGIN_HEADER)
+    except ValidationError as error:
+        raise ApiError(400, str(error), "bad_header", field=ORIGIN_HEADER) from None
+
+
+@blueprint.get("/import")
+@requires_role("import")
+def describe_import():
+    """What this server speaks and accepts, for exporters to discover in one request.
+
+    A legacy server answers 405 here, which tells an exporter to use the legacy protocol.
+    """
+    return jsonify(_services().capabilities())
+
+
+@blueprint.post("/import")
+@requires_role("import")
+def import_entity():
+    services = _services()
+    document = read_json(request, services.config.max_json_bytes)
+    reply = services.importer.handle(document, current_user().name, origin_server())
+    return jsonify(reply.to_dict())
+
+
+@blueprint.post("/import/data/<file_id>/<md5>")
+@requires_role("import")
+def import_file_data(file_id: str, md5: str):
+    """The legacy upload: the whole file as the multipart field ``file``."""
+    services = _services()
+    file_id, md5 = _upload_target(file_id, md5)
+    services.sweep.maybe_run()
+    content = MultipartFileField(request, "file", services.config.max_upload_bytes).open()
+    try:
+        reply = services.importer.handle_file_data(file_id, md5, content, current_user().name)
+    except IncompleteUpload as error:
+        raise ApiError(400, str(error), "incomplete_upload") from None
+    content.discard_rest()
+    return jsonify(reply.to_dict())
+
+
+RESUMABLE_MEDIA_TYPE = "application/offset+octet-stream"
+
+
+def _upload_target(file_id: str, md5: str):
+    try:
+        return parse_id(file_id, "file_id"), parse_md5(md5, "md5")
+    except ValidationError as error:
+        raise ApiError(400, f"{error}: the upload URL is /import/data/<file id>/<md5>",
+                       "bad_url", field=error.path) from None
+
+
+def _header_int(name: str) -> int:
+    value = request.headers.get(name)
+    if value is None or not value.isdigit():
+        raise ApiError(400, f"a chunk needs the header {name}: a whole number of bytes",
+                       "bad_header", field=name)
+    return int(value)
+
+
+def _upload_reply(state, status: int = 200):
+    response = jsonify(state.to_dict())
+    response.status_code = status
+    if state.offset is not None:
+        response.headers["Upload-Offset"] = str(state.offset)
+    return response
+
+
+@blueprint.get("/import/data/<file_id>/<md5>")
+@requires_role("import")
+def upload_offset(file_id: str, md5: str):
+    """How many bytes of a resumable upload the server holds (HEAD gives the same headers)."""
+    file_id, md5 = _upload_target(file_id, md5)
+    return _upload_reply(_services().uploads.state(file_id, md5))
+
+
+@blueprint.patch("/import/data/<file_id>/<md5>")
+@requires_role("import")
+def upload_chunk(file_id: str, md5: str):
+    """Append one chunk of a resumable upload at Upload-Offset."""
+    file_id, md5 = _upload_target(file_id, md5)
+    if request.mimetype != RESUMABLE_MEDIA_TYPE:
+        raise ApiError(415, f"a chunk's Content-Type must be {RESUMABLE_MEDIA_TYPE}",
+                       "unsupported_media_type")
+    offset, length = _header_int("Upload-Offset"), _header_int("Upload-Length")
+    _services().sweep.maybe_run()
+    checksum_header = request.headers.get("Upload-Checksum")
+    try:
+        checksum = Checksum.parse(checksum_header) if checksum_header else None
+        state = _services().uploads.append(
+            file_id, md5, offset, length, request.stream, current_user().name,
+            checksum=checksum, chunk_length=request.content_length)
+    except UploadError as error:
+        details = {} if error.offset is None else {"offset": error.offset}
+        response = error_response(error.status, error.error, error.message, **details)
+        if error.offset is not None:
+            response.headers["Upload-Offset"] = str(error.offset)
+        return response
+    return _upload_reply(state)

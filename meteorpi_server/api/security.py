@@ -1,0 +1,67 @@
+"""HTTP Basic authentication and per-route roles (Flask-HTTPAuth).
+
+Every route that changes anything must be decorated with :func:`requires_role`; a test
+enumerates the app's routes and fails for any write route that answers without
+credentials.
+"""
+from __future__ import annotations
+
+import functools
+
+from flask import current_app
+from flask_httpauth import HTTPBasicAuth
+
+from ..auth import User
+from .errors import error_response
+
+basic_auth = HTTPBasicAuth(realm="meteorpi")
+
+
+@basic_auth.verify_password
+def _verify(name: str, password: str) -> User | None:
+    if not name:
+        return None
+    return current_app.extensions["meteorpi"].users.authenticate(name, password)
+
+
+@basic_auth.get_user_roles
+def _roles(user: User):
+    return list(user.roles)
+
+
+@basic_auth.error_handler
+def _auth_error(status: int):
+    if status == 401:
+        return error_response(401, "unauthorized",
+                              "send HTTP Basic credentials of a user of this server")
+    return error_response(status, "forbidden",
+                          "this user lacks the role this route needs")
+
+
+def requires_role(role: str):
+    """Decorate a view so that only authenticated users with ``role`` reach it."""
+    return basic_auth.login_required(role=role)
+
+
+def requires_read_access():
+    """Decorate a read-only view: users with the ``user`` role reach it, or anyone when
+    the ``read_access`` setting is ``public``.
+
+    The setting is read on each request, from the app serving it.
+    """
+    def decorate(view):
+        protected = basic_auth.login_required(role="user")(view)
+
+        @functools.wraps(view)
+        def checked(*args, **kwargs):
+            if current_app.extensions["meteorpi"].config.read_access == "public":
+                return view(*args, **kwargs)
+            return protected(*args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
+def current_user() -> User:
+    return basic_auth.current_user()

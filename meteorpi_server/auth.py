@@ -1,0 +1,169 @@
+"""Users, roles and password checks.
+
+A password check with a current algorithm (scrypt) costs tens of milliseconds by design,
+and an exporter sends credentials with every request, so checks that succeeded are
+remembered for a while in a small per-process cache. The cache key covers the stored
+password hash, so changing a password makes the old entries unreachable; roles are read
+from the database on every request, so a role change or a removal applies at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from meteorpi_model import ROLES
+
+from .db import Database
+from .orm import UserRoleRow, UserRow
+from .store import now_ms
+
+MAX_NAME_LENGTH = 255
+# Checked against unknown user names so that a wrong name costs as much as a wrong password.
+_DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
+
+
+class UserError(ValueError):
+    """A user cannot be added or changed as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    roles: frozenset[str]
+    created_at: int = 0
+
+
+class VerificationCache:
+    """A bounded, thread-safe LRU set of recently verified credentials, each with an expiry.
+
+    Entries are HMACs keyed by a per-process secret, so the cache never holds a password.
+    """
+
+    def __init__(self, max_entries: int, lifetime_seconds: float):
+        self.max_entries = max_entries
+        self.lifetime = lifetime_seconds
+        self._secret = secrets.token_bytes(32)
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _key(self, name: str, password_hash: str, password: str) -> bytes:
+        message = "\0".join((name, password_hash, password)).encode("utf-8", "surrogatepass")
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
+
+    def contains(self, name: str, password_hash: str, password: str) -> bool:
+        if self.max_entries == 0:
+            return False
+        key = self._key(name, password_hash, password)
+        with self._lock:
+            expiry = self._entries.get(key)
+            if expiry is None:
+                return False
+            if expiry < time.monotonic():
+                del self._entries[key]
+                return False
+            self._entries.move_to_end(key)
+            return True
+
+    def add(self, name: str, password_hash: str, password: str) -> None:
+        if self.max_entries == 0:
+            return
+        key = self._key(name, password_hash, password)
+        with self._lock:
+            self._entries[key] = time.monotonic() + self.lifetime
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Users:
+    """The user directory in the database, and credential checks against it."""
+
+    def __init__(self, database: Database, cache: VerificationCache):
+        self.database = database
+        self.cache = cache
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        """The user if ``password`` is theirs, else None."""
+        # One Core query, not an ORM load: this runs on every request of every exporter.
+        statement = (select(UserRow.password_hash, UserRow.created_at, UserRoleRow.role)
+                     .outerjoin(UserRoleRow, UserRoleRow.user_name == UserRow.name)
+                     .where(UserRow.name == name))
+        with self.database.engine.connect() as connection:
+            rows = connection.execute(statement).all() if name else []
+        if not rows:
+            check_password_hash(_DUMMY_HASH, password)
+            return None
+        password_hash, created_at = rows[0].password_hash, rows[0].created_at
+        user = User(name, frozenset(row.role for row in rows if row.role), created_at)
+        if self.cache.contains(name, password_hash, password):
+            return user
+        if not check_password_hash(password_hash, password):
+            return None
+        self.cache.add(name, password_hash, password)
+        return user
+
+    @staticmethod
+    def _check_roles(roles) -> list[str]:
+        roles = sorted(set(roles))
+        unknown = [role for role in roles if role not in ROLES]
+        if unknown:
+            raise UserError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+        return roles
+
+    def add(self, name: str, password: str, roles) -> User:
+        if not name or len(name) > MAX_NAME_LENGTH or ":" in name or not name.isprintable():
+            raise UserError("a user name is 1 to 255 printable characters without ':'")
+        if not password:
+            raise UserError("the password must not be empty")
+        roles = self._check_roles(roles)
+        with self.database.write() as session:
+            if session.get(UserRow, name) is not None:
+                raise UserError(f"user {name} already exists")
+            created = now_ms()
+            session.add(UserRow(name=name, password_hash=generate_password_hash(password),
+                                created_at=created,
+                                roles=[UserRoleRow(role=role) for role in roles]))
+        return User(name, frozenset(roles), created)
+
+    def _require(self, session, name: str) -> UserRow:
+        row = session.get(UserRow, name)
+        if row is None:
+            raise UserError(f"no user named {name}")
+        return row
+
+    def set_password(self, name: str, password: str) -> None:
+        if not password:
+            raise UserError("the password must not be empty")
+        with self.database.write() as session:
+            self._require(session, name).password_hash = generate_password_hash(password)
+
+    def set_roles(self, name: str, roles) -> None:
+        roles = self._check_roles(roles)
+        with self.database.write() as session:
+            row = self._require(session, name)
+            row.roles = [UserRoleRow(role=role) for role in roles]
+
+    def remove(self, name: str) -> None:
+        with self.database.write() as session:
+            session.delete(self._require(session, name))
+
+    def list(self) -> list[User]:
+        with self.database.read() as session:
+            rows = session.scalars(select(UserRow).order_by(UserRow.name))
+            return [User(row.name, frozenset(r.role for r in row.roles), row.created_at)
+                    for row in rows]
+
+    def count(self) -> int:
+        with self.database.read() as session:
+            return session.scalar(select(func.count()).select_from(UserRow))

@@ -1,0 +1,269 @@
+"""Protocol version 2: replication in batches (see docs/batch.rst).
+
+One request tells the server a batch of entity ids (with their status ids and file ids
+and md5s) and learns what it lacks; statuses and records then travel in bulk, each
+record stored atomically (a savepoint each, one transaction per batch); file bytes go
+through the resumable uploads. Every reply has a result per entity, so one bad entity
+never fails its batch. No Flask here: the blueprint only parses and replies.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from meteorpi_model import (CameraStatus, Event, FileRecord, ValidationError, parse_id,
+                            parse_md5)
+
+from . import store
+from .db import Database
+from .orm import EventRow, FileRecordRow
+from .receiver import DatabaseImportReceiver
+
+log = logging.getLogger("meteorpi.batch")
+
+ENTITY_TYPES = {"event": Event, "file": FileRecord}
+
+
+class BatchError(ValueError):
+    """A batch that is malformed as a whole (answered 400); per-entity problems are results."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+def batch_supported(receiver) -> bool:
+    """Whether batches may be offered with this receiver.
+
+    A batch stores records without calling the receiver per entity, so it is offered only
+    when the receiver decides exactly as the default database receiver does. A subclass
+    that overrides a decision keeps its rules by keeping exporters on the legacy protocol.
+    """
+    if not isinstance(receiver, DatabaseImportReceiver):
+        return False
+    decisions = ("receive_event", "receive_file_record", "receive_status", "receive_file_data")
+    return all(getattr(type(receiver), name) is getattr(DatabaseImportReceiver, name)
+               for name in decisions)
+
+
+def _entries(document: Any, key: str, limit: int) -> list:
+    if not isinstance(document, dict):
+        raise BatchError("the request body must be a JSON object")
+    entries = document.get(key)
+    if not isinstance(entries, list):
+        raise BatchError(f"'{key}' must be a list", key)
+    if len(entries) > limit:
+        raise BatchError(f"a batch holds at most {limit} entries; this one has {len(entries)}", key)
+    return entries
+
+
+def _result(entity_type: str, entity_id: str, state: str, **fields) -> dict:
+    return {"type": entity_type, "id": entity_id, "state": state, **fields}
+
+
+# Plan ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlannedEntity:
+    entity_type: str
+    entity_id: uuid.UUID
+    status_id: uuid.UUID
+    files: tuple[tuple[uuid.UUID, str], ...]
+
+    @classmethod
+    def parse(cls, entry: Any, path: str) -> PlannedEntity:
+        if not isinstance(entry, dict):
+            raise ValidationError(path, "must be an object")
+        entity_type = entry.get("type")
+        if entity_type not in ENTITY_TYPES:
+            raise ValidationError(f"{path}.type", "must be 'event' or 'file'")
+        entity_id = parse_id(entry.get("id"), f"{path}.id")
+        status_id = parse_id(entry.get("status_id"), f"{path}.status_id")
+        if entity_type == "file":
+            files = ((entity_id, parse_md5(entry.get("md5"), f"{path}.md5")),)
+        else:
+            listed = entry.get("files", [])
+            if not isinstance(listed, list):
+                raise ValidationError(f"{path}.files", "must be a list")
+            files = tuple((parse_id(item.get("file_id") if isinstance(item, dict) else None,
+                                    f"{path}.files[{index}].file_id"),
+                           parse_md5(item.get("md5"), f"{path}.files[{index}].md5"))
+                          for index, item in enumerate(listed))
+        return cls(entity_type, entity_id, status_id, files)
+
+
+class BatchImporter:
+    """The server side of protocol v2 over the database and the file store."""
+
+    def __init__(self, database: Database, receiver: DatabaseImportReceiver, uploads,
+                 max_entities: int, upload_attempts: int, upload_attempts_window_seconds: int):
+        self.database = database
+        self.receiver = receiver
+        self.uploads = uploads
+        self.max_entities = max_entities
+        self.upload_attempts = upload_attempts
+        self.attempts_window_ms = upload_attempts_window_seconds * 1000
+
+    def plan(self, document: Any) -> dict:
+        """Which of the listed entities are stored, and what the rest still need."""
+        results, planned = [], []
+        for index, entry in enumerate(_entries(document, "entities", self.max_entities)):
+            try:
+                planned.append(PlannedEntity.parse(entry, f"entities[{index}]"))
+            except ValidationError as error:
+                results.append(_result(_text(entry, "type"), _text(entry, "id"), "invalid",
+                                       message=str(error), field=error.path))
+        with self.database.read() as session:
+            stored = _stored_ids(session, planned)
+            waiting = [entity for entity in planned if entity.entity_id not in stored]
+            statuses = store.missing_statuses(session, [entity.status_id for entity in waiting])
+            wanted_files = {file_id: md5 for entity in waiting for file_id, md5 in entity.files}
+            held = store.blob_md5s(session, wanted_files)
+        for entity in planned:
+            state = "stored" if entity.entity_id in stored else "missing"
+            results.append(_result(entity.entity_type, entity.entity_id.hex, state))
+        files = []
+        for file_id, md5 in wanted_files.items():
+            if held.get(file_id) == md5:
+                continue
+            state = self.uploads.state(file_id, md5)
+            files.append({"file_id": file_id.hex, "md5": md5, "offset": state.offset or 0})
+        return {"entities": results, "need_statuses": [status_id.hex for status_id in statuses],
+                "need_files": files}
+
+    # Statuses --------------------------------------------------------------------
+
+    def store_statuses(self, document: Any, source: store.Source) -> dict:
+        """Store each new status; a status already held is simply 'stored'."""
+        results = []
+        parsed = []
+        for index, entry in enumerate(_entries(document, "statuses", self.max_entities)):
+            try:
+                parsed.append(CameraStatus.from_dict(entry, f"statuses[{index}]"))
+            except ValidationError as error:
+                results.append(_result("status", _text(entry, "status_id"), "invalid",
+                                       message=str(error), field=error.path))
+        with self.database.write() as session:
+            new = set(store.missing_statuses(session, [status.status_id for status in parsed]))
+            for status in parsed:
+                if status.status_id in new:
+                    store.insert_status(session, status, source)
+                    new.discard(status.status_id)  # the same status twice in one batch
+                results.append(_result("status", status.status_id.hex, "stored"))
+        return {"results": results}
+
+    # Records ---------------------------------------------------------------------
+
+    def store_records(self, document: Any, source: store.Source) -> dict:
+        """Store each record whose status and file bytes are all held, atomically each.
+
+        One transaction for the batch, a savepoint per record: a record that cannot be
+        stored rolls back alone, and the batch costs one commit instead of one per record.
+        """
+        results, stored_files = [], []
+        entities = []
+        for index, entry in enumerate(_entries(document, "entities", self.max_entities)):
+            try:
+                entities.append(_parse_record(entry, f"entities[{index}]"))
+            except ValidationError as error:
+                results.append(_result(_text(entry, "type"), _entity_id_text(entry), "invalid",
+                                       message=str(error), field=error.path))
+        with self.database.write() as session:
+            for entity in entities:
+                outcome, stored_now = self._store_one(session, entity, source)
+                results.append(outcome)
+                if stored_now:
+                    stored_files.extend(entity.files if isinstance(entity, Event) else [entity])
+        # After the commit, so the hook only ever sees records that are really stored.
+        self.receiver.announce_stored_files(stored_files)
+        return {"results": results}
+
+    def _store_one(self, session: Session, entity: Event | FileRecord,
+                   source: store.Source) -> tuple[dict, bool]:
+        """The entity's result, and whether this call stored it."""
+        entity_type, entity_id = entity.ENTITY_TYPE, entity.id.hex
+        if _is_stored(session, entity):
+            return _result(entity_type, entity_id, "complete"), False
+        statuses = [entity.status_id] + ([record.status_id for record in entity.files]
+                                         if isinstance(entity, Event) else [])
+        missing_status = store.missing_statuses(session, statuses)
+        if missing_status:
+            return _result(entity_type, entity_id, "need_status",
+                           status_id=missing_status[0].hex), False
+        try:
+            with session.begin_nested():
+                if isinstance(entity, Event):
+                    missing = store.insert_event(session, entity, source)
+                else:
+                    missing = store.insert_file_record(session, entity, source)
+                if missing:
+                    raise _BytesMissing(missing[0])
+        except _BytesMissing as gap:
+            return self._need_file_data(session, entity_type, entity_id, gap.file_id), False
+        except IntegrityError:
+            if _is_stored(session, entity):  # another exporter stored it a moment ago
+                return _result(entity_type, entity_id, "complete"), False
+            return _result(entity_type, entity_id, "failed",
+                           message=f"{entity_type} {entity_id} conflicts with records already "
+                                   "stored (a file id in it may belong to another record)"), False
+        return _result(entity_type, entity_id, "complete"), True
+
+    def _need_file_data(self, session: Session, entity_type: str, entity_id: str,
+                        file_id: uuid.UUID) -> dict:
+        failures = store.recent_upload_failures(session, file_id,
+                                                store.now_ms() - self.attempts_window_ms)
+        if failures >= self.upload_attempts:
+            return _result(entity_type, entity_id, "failed",
+                           message=f"the bytes uploaded for file {file_id.hex} did not match "
+                                   f"their md5 {failures} times; check that file on the node")
+        return _result(entity_type, entity_id, "need_file_data", file_id=file_id.hex)
+
+
+class _BytesMissing(Exception):
+    def __init__(self, file_id: uuid.UUID):
+        self.file_id = file_id
+
+
+def _text(entry: Any, key: str) -> str:
+    value = entry.get(key) if isinstance(entry, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _entity_id_text(entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return ""
+    body = entry.get(_text(entry, "type"))
+    return _text(body, "event_id") or _text(body, "file_id")
+
+
+def _parse_record(entry: Any, path: str) -> Event | FileRecord:
+    if not isinstance(entry, dict):
+        raise ValidationError(path, "must be an object")
+    entity_type = entry.get("type")
+    if entity_type not in ENTITY_TYPES:
+        raise ValidationError(f"{path}.type", "must be 'event' or 'file'")
+    return ENTITY_TYPES[entity_type].from_dict(entry.get(entity_type), f"{path}.{entity_type}")
+
+
+def _is_stored(session: Session, entity: Event | FileRecord) -> bool:
+    if isinstance(entity, Event):
+        return store.has_event(session, entity.event_id)
+    return store.has_file_record(session, entity.file_id)
+
+
+def _stored_ids(session: Session, planned: Iterable[PlannedEntity]) -> set[uuid.UUID]:
+    events = [entity.entity_id for entity in planned if entity.entity_type == "event"]
+    files = [entity.entity_id for entity in planned if entity.entity_type == "file"]
+    stored = set()
+    if events:
+        stored |= set(session.scalars(select(EventRow.event_id).where(EventRow.event_id.in_(events))))
+    if files:
+        stored |= set(session.scalars(
+            select(FileRecordRow.file_id).where(FileRecordRow.file_id.in_(files))))
+    return stored

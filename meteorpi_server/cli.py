@@ -1,0 +1,522 @@
+"""The ``meteorpi`` command: database, users, file store and the server."""
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+
+import click
+
+from meteorpi_model import ROLES
+
+from .auth import UserError, Users, VerificationCache
+from .config import Config, ConfigError, load_config
+from .db import Database, SchemaError
+from .files import FileStore
+
+FIRST_USER = "admin"
+
+
+class Context:
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def database(self, check_schema: bool = True) -> Database:
+        database = Database(self.config.database_url)
+        if check_schema:
+            database.check_schema()
+        return database
+
+    def users(self) -> Users:
+        return Users(self.database(), VerificationCache(0, 0))
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def _read_password(password_stdin: bool, confirm: bool = True) -> str:
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise click.UsageError("no password on standard input")
+        return password
+    if not sys.stdin.isatty():
+        raise click.UsageError("no terminal to ask for a password: pipe it in with --password-stdin")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+
+
+class _Group(click.Group):
+    """Turns the project's own errors into one clear line and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, SchemaError, UserError) as error:
+            raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=_Group)
+@click.option("--config", "config_path", metavar="FILE", envvar="METEORPI_CONFIG",
+              help="YAML configuration file (default: $METEORPI_CONFIG, else the embedded "
+                   "default: SQLite and files under ./var).")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """Meteor Pi replication server."""
+    ctx.obj = Context(config_path)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_context
+def db_upgrade(context: Context) -> None:
+    """Create the schema, or bring it up to date."""
+    database = context.database(check_schema=False)
+    before = database.current_revision()
+    database.upgrade()
+    after = database.current_revision()
+    click.echo(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+
+
+@main.group()
+def users() -> None:
+    """User accounts and their roles."""
+
+
+_role_option = click.option("--role", "roles", multiple=True, type=click.Choice(ROLES),
+                            help="A role to grant; repeat for several.")
+
+
+@users.command("add")
+@click.argument("name")
+@_role_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_context
+def users_add(context: Context, name: str, roles: tuple[str, ...], password_stdin: bool) -> None:
+    """Add a user."""
+    user_directory = context.users()
+    user = user_directory.add(name, _read_password(password_stdin), roles)
+    click.echo(f"added user {user.name} with roles: {', '.join(sorted(user.roles)) or 'none'}")
+
+
+@users.command("list")
+@pass_context
+def users_list(context: Context) -> None:
+    """List users and their roles."""
+    for user in context.users().list():
+        click.echo(f"{user.name}\t{','.join(sorted(user.roles))}")
+
+
+@users.command("remove")
+@click.argument("name")
+@pass_context
+def users_remove(context: Context, name: str) -> None:
+    """Remove a user."""
+    context.users().remove(name)
+    click.echo(f"removed user {name}")
+
+
+@users.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_context
+def users_passwd(context: Context, name: str, password_stdin: bool) -> None:
+    """Change a user's password."""
+    context.users().set_password(name, _read_password(password_stdin))
+    click.echo(f"changed the password of {name}")
+
+
+@users.command("roles")
+@click.argument("name")
+@_role_option
+@pass_context
+def users_roles(context: Context, name: str, roles: tuple[str, ...]) -> None:
+    """Replace a user's roles with those given."""
+    context.users().set_roles(name, roles)
+    click.echo(f"{name} now has roles: {', '.join(sorted(roles)) or 'none'}")
+
+
+@main.group()
+def files() -> None:
+    """The file store."""
+
+
+@files.command("gc")
+@pass_context
+def files_gc(context: Context) -> None:
+    """Remove file data that waited too long for its record, and leftovers of crashes."""
+    from .maintenance import sweep_orphan_data
+
+    config = context.config
+    result = sweep_orphan_data(context.database(), FileStore(config.file_store),
+                               config.orphan_data_seconds, config.upload_expiry_seconds,
+                               scan_disk=True)
+    click.echo(f"removed {result.orphaned_files} orphaned, {result.unindexed_files} unindexed "
+               f"and {result.partial_files} partial files")
+
+
+def ensure_first_user(user_directory: Users) -> str | None:
+    """On a server with no users, create ``admin`` with every role; return its password."""
+    if user_directory.count():
+        return None
+    password = secrets.token_urlsafe(18)
+    try:
+        user_directory.add(FIRST_USER, password, ROLES)
+    except UserError:  # another server process created it first
+        return None
+    return password
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (setting: host).")
+@click.option("--port", type=int, help="Port to listen on (setting: port).")
+@click.option("--workers", type=int, help="Worker processes (setting: workers).")
+@pass_context
+def serve(context: Context, host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the HTTP API with gunicorn."""
+    from .serving import run_gunicorn
+
+    changes = {name: value for name, value in
+               (("host", host), ("port", port), ("workers", workers)) if value is not None}
+    config = context.config.replace(**changes)
+    database = context.database()
+    password = ensure_first_user(Users(database, VerificationCache(0, 0)))
+    database.dispose()
+    url = f"http://{config.host}:{config.port}"
+    if password:
+        click.secho("\n" + "=" * 72, fg="yellow")
+        click.secho(f" First start: created user '{FIRST_USER}' with roles "
+                    f"{', '.join(ROLES)}.", fg="yellow", bold=True)
+        click.secho(f" Password: {password}", fg="yellow", bold=True)
+        click.echo(" It is shown only this once. Log in with HTTP Basic, for example:")
+        click.echo(f"   curl -u {FIRST_USER}:{password} -X POST {url}/import -d '{{}}'")
+        click.echo(f" Change it with: meteorpi users passwd {FIRST_USER}")
+        click.secho("=" * 72 + "\n", fg="yellow")
+    click.echo(f"serving on {url} with {config.workers} worker(s); Ctrl-C stops")
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_gunicorn(config)
+
+
+# Exporting -------------------------------------------------------------------------------
+
+class _TimeParam(click.ParamType):
+    """A time as ms since the epoch, or ISO 8601 (2026-11-20, 2026-11-20T22:00:00Z; UTC if
+    no zone is given)."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        import datetime
+
+        if isinstance(value, int) or str(value).isdigit():
+            return int(value)
+        try:
+            moment = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is neither ms since 1970 nor an ISO 8601 time such as "
+                      "2026-11-20T22:00:00Z", param, ctx)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return int(moment.timestamp() * 1000)
+
+
+def _export_errors():
+    """Turn the exporter's own errors into one clear line and exit status 1."""
+    import contextlib
+
+    from meteorpi_model import ValidationError
+
+    from .exporter.configs import ExportConfigError
+    from .recording import RecordingError
+
+    @contextlib.contextmanager
+    def converting():
+        try:
+            yield
+        except (ExportConfigError, ValidationError, RecordingError) as error:
+            raise click.ClickException(str(error)) from None
+
+    return converting()
+
+
+@main.group()
+def export() -> None:
+    """Export configurations, and the exporter that sends records to other servers."""
+
+
+_SEARCH_OPTIONS = [
+    click.option("--camera", "camera_ids", multiple=True, metavar="ID",
+                 help="Only this camera; repeat for several."),
+    click.option("--after", type=_TimeParam(), help="Only records made after this time."),
+    click.option("--before", type=_TimeParam(), help="Only records made before this time."),
+    click.option("--after-offset", type=float, metavar="SECONDS",
+                 help="Only records made later in the night than this (seconds since midday UTC)."),
+    click.option("--before-offset", type=float, metavar="SECONDS",
+                 help="Only records made earlier in the night than this (seconds since midday UTC)."),
+    click.option("--lat-min", type=float), click.option("--lat-max", type=float),
+    click.option("--long-min", type=float), click.option("--long-max", type=float),
+    click.option("--event-type", metavar="NS:TYPE", help="Only events of this type (--events)."),
+    click.option("--mime-type", help="Only files of this MIME type (--files)."),
+    click.option("--semantic-type", metavar="NS:TYPE",
+                 help="Only files of this semantic type (--files)."),
+    click.option("--search", "search_json", metavar="JSON",
+                 help="A whole search as JSON (as in PROTOCOL.md); the options above override "
+                      "its fields."),
+]
+
+
+def _search_options(command):
+    for option in reversed(_SEARCH_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _build_search(events: bool, search_json: str | None, options: dict):
+    import json
+
+    from meteorpi_model import EventSearch, FileSearch
+
+    for name in (["mime_type", "semantic_type"] if events else ["event_type"]):
+        if options.get(name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} selects {'files' if events else 'events'}; "
+                                   f"it cannot be used with {'--events' if events else '--files'}")
+    document = {}
+    if search_json:
+        try:
+            document = json.loads(search_json)
+        except ValueError as error:
+            raise click.UsageError(f"--search is not valid JSON: {error}") from None
+        if not isinstance(document, dict):
+            raise click.UsageError("--search must be a JSON object")
+    for name, value in options.items():
+        if value not in (None, ()):
+            document[name] = list(value) if name == "camera_ids" else value
+    search_class = EventSearch if events else FileSearch
+    return search_class.from_dict(document, "search")
+
+
+@export.command("add")
+@click.argument("name")
+@click.option("--target", "target_url", required=True, metavar="URL",
+              help="The target's import endpoint, such as https://central.example.org/import.")
+@click.option("--user", "user_id", required=True,
+              help="The user (with the import role) on the target.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read that user's password from standard input (else it is asked for).")
+@click.option("--events/--files", "events", default=None,
+              help="Export events (with their files), or stand-alone files.")
+@click.option("--description", default="", help="What this export is for.")
+@click.option("--disabled", is_flag=True, help="Add it disabled (enable it later).")
+@_search_options
+@pass_context
+def export_add(context: Context, name: str, target_url: str, user_id: str, password_stdin: bool,
+               events: bool | None, description: str, disabled: bool, search_json: str | None,
+               **search_options) -> None:
+    """Add an export configuration NAME: send every matching record to a target."""
+    import uuid
+
+    from meteorpi_model import ExportConfiguration
+
+    from .exporter import configs
+
+    if events is None:
+        raise click.UsageError("say what to export: --events or --files")
+    with _export_errors():
+        search = _build_search(events, search_json, search_options)
+        configs.check_name(name)
+        configuration = ExportConfiguration(
+            config_id=uuid.uuid4(), name=name, target_url=target_url, user_id=user_id,
+            password=_read_password(password_stdin), search=search, enabled=not disabled,
+            description=description)
+        with context.database().write() as session:
+            configs.add(session, configuration)
+    what = "events" if events else "stand-alone files"
+    click.echo(f"added export {name}: {what} to {target_url} as {user_id} "
+               f"({'disabled' if disabled else 'enabled'})")
+    if not target_url.rstrip("/").endswith("/import"):
+        click.echo("note: a Meteor Pi server's import endpoint ends in /import; check the URL",
+                   err=True)
+
+
+@export.command("list")
+@pass_context
+def export_list(context: Context) -> None:
+    """List export configurations: name, state, what, target and search."""
+    from .exporter import report
+
+    with context.database().read() as session:
+        click.echo(report.format_list(report.gather(session)))
+
+
+@export.command("show")
+@click.argument("name")
+@pass_context
+def export_show(context: Context, name: str) -> None:
+    """Show one export configuration (never its password)."""
+    from .exporter import report
+
+    with _export_errors(), context.database().read() as session:
+        click.echo(report.format_show(report.gather(session, name)[0]))
+
+
+@export.command("enable")
+@click.argument("name")
+@pass_context
+def export_enable(context: Context, name: str) -> None:
+    """Enable an export configuration; its failures are forgotten and it is tried at once."""
+    from .exporter import configs
+
+    with _export_errors(), context.database().write() as session:
+        configs.enable(session, name)
+    click.echo(f"enabled export {name}")
+
+
+@export.command("disable")
+@click.argument("name")
+@pass_context
+def export_disable(context: Context, name: str) -> None:
+    """Disable an export configuration; its tasks wait until it is enabled again."""
+    from .exporter import configs
+
+    with _export_errors(), context.database().write() as session:
+        configs.disable(session, name)
+    click.echo(f"disabled export {name}")
+
+
+@export.command("remove")
+@click.argument("name")
+@pass_context
+def export_remove(context: Context, name: str) -> None:
+    """Remove an export configuration and its tasks (records stay)."""
+    from .exporter import configs
+
+    with _export_errors(), context.database().write() as session:
+        configs.remove(session, name)
+    click.echo(f"removed export {name}")
+
+
+@export.command("retry")
+@click.argument("name")
+@pass_context
+def export_retry(context: Context, name: str) -> None:
+    """Send again the entities the target refused too often, and stop waiting out failures."""
+    from .exporter import configs, tasks
+
+    with _export_errors(), context.database().write() as session:
+        row = configs.get_row(session, name, for_update=True)
+        count = tasks.retry_failed(session, row.config_id)
+        row.next_attempt_at = 0
+    click.echo(f"export {name}: {count} failed task(s) back in the queue")
+
+
+@export.command("status")
+@pass_context
+def export_status(context: Context) -> None:
+    """Each configuration's backlog, last success, last error and state."""
+    from .exporter import report
+
+    with context.database().read() as session:
+        click.echo(report.format_status(report.gather(session)))
+
+
+@export.command("run")
+@click.option("--once", is_flag=True,
+              help="Send everything due, print a summary and exit (status 1 if anything failed).")
+@pass_context
+def export_run(context: Context, once: bool) -> None:
+    """Send records to every enabled configuration's target.
+
+    Without --once it keeps running, marking and sending every export_interval_seconds,
+    until SIGTERM or Ctrl-C (it finishes the entities in flight first; a second signal
+    stops at once, and the next run resumes where this one stopped).
+    """
+    import contextlib
+    import signal
+    import threading
+
+    from .exporter.progress import BarReporter, reporter_for
+    from .exporter.report import format_summary
+    from .exporter.runner import Exporter, ExporterSettings
+
+    config = context.config
+    settings = ExporterSettings.from_config(config)
+    database = context.database()
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    reporter = reporter_for(sys.stderr)
+    exporter = Exporter(database, FileStore(config.file_store), settings, reporter)
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logging.getLogger("meteorpi.exporter").info(
+            "stopping after the entities in flight (signal %d; send another to stop at once)", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+    redirect = contextlib.nullcontext()
+    if isinstance(reporter, BarReporter):
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        redirect = logging_redirect_tqdm()
+    try:
+        with redirect:
+            summary = exporter.run_once(stop) if once else exporter.run_forever(stop)
+    finally:
+        reporter.close()
+    click.echo(format_summary(summary))
+    if once and summary.failures:
+        sys.exit(1)
+
+
+@main.command("demo-data")
+@click.option("--cameras", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--nights", type=click.IntRange(1), default=1, show_default=True,
+              help="Nights of data, ending last night.")
+@click.option("--events-per-night", type=click.IntRange(0), default=10, show_default=True,
+              help="Events per camera and night.")
+@click.option("--files-per-event", type=click.IntRange(0, 256), default=2, show_default=True)
+@click.option("--standalone-files", type=click.IntRange(0), default=2, show_default=True,
+              help="Stand-alone files (time-lapse frames) per camera and night.")
+@click.option("--file-size", default="64KiB", show_default=True, metavar="SIZE",
+              help="Bytes per file: 2048, 64KiB, 1.5MiB, 1GiB.")
+@click.option("--first-night", type=click.DateTime(["%Y-%m-%d"]),
+              help="Date of the first night (default: NIGHTS nights ago).")
+@pass_context
+def demo_data(context: Context, cameras: int, nights: int, events_per_night: int,
+              files_per_event: int, standalone_files: int, file_size: str,
+              first_night) -> None:
+    """Record synthetic camera data, as a camera node would, for demos and benchmarks."""
+    from .demo import DemoPlan, generate, parse_size
+    from .exporter.progress import format_bytes
+    from .recording import Recorder
+
+    try:
+        size = parse_size(file_size)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--file-size") from None
+    plan = DemoPlan(cameras=cameras, nights=nights, events_per_night=events_per_night,
+                    files_per_event=files_per_event, standalone_files=standalone_files,
+                    file_size=size, first_night=first_night.date() if first_night else None)
+    recorder = Recorder(context.database(), FileStore(context.config.file_store))
+    with _export_errors(), click.progressbar(length=cameras * nights, label="camera nights",
+                                             file=sys.stderr) as bar:
+        result = generate(recorder, plan, on_progress=lambda _: bar.update(1))
+    click.echo(f"recorded {result.statuses} statuses, {result.events} events with "
+               f"{result.event_files} files, {result.standalone_files} stand-alone files "
+               f"({format_bytes(result.bytes)}) in {result.seconds:.1f} s")

@@ -1,0 +1,285 @@
+"""Server configuration: one table of settings, read from YAML and the environment.
+
+Every setting is declared once in :data:`SETTINGS` with its default and help text.
+A configuration file may set any of them; ``METEORPI_<NAME>`` environment variables
+override the file; no file at all gives the embedded default (SQLite and a file
+store under ``./var``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+CONFIG_ENV = "METEORPI_CONFIG"
+ENV_PREFIX = "METEORPI_"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any]
+
+
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return number
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number")
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a whole number") from None
+
+
+def _non_negative_int(value: Any) -> int:
+    number = _int(value)
+    if number < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return number
+
+
+def _positive_seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds")
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number of seconds") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds greater than 0")
+    return number
+
+
+def _optional_path(value: Any) -> str:
+    return "" if value is None else _str(value)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ValueError("must be a string")
+    return str(value)
+
+
+def _receiver(value: Any) -> str:
+    text = _str(value)
+    if text.count(":") != 1 or not all(text.split(":")):
+        raise ValueError("must be 'module:ClassName', for example mypkg.receivers:MyReceiver")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _str(value)
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("database_url", "sqlite:///var/meteorpi.db",
+            "SQLAlchemy URL of the database. SQLite for a single host, PostgreSQL "
+            "(postgresql+psycopg://user@host/db) in production.", _str),
+    Setting("file_store", "var/files",
+            "Directory that holds file contents, named by file id.", _str),
+    Setting("receiver", "meteorpi_server.receiver:DatabaseImportReceiver",
+            "Import receiver class, as module:Class. Subclass BaseImportReceiver.", _receiver),
+    Setting("import_cache_size", 1024,
+            "Entities kept per worker for the protocol's cached_entity requests.", _positive_int),
+    Setting("max_json_bytes", 4 * 1024 * 1024,
+            "Largest JSON request body accepted, in bytes.", _positive_int),
+    Setting("max_upload_bytes", 8 * 1024 ** 3,
+            "Largest file upload accepted, in bytes.", _positive_int),
+    Setting("orphan_data_seconds", 24 * 3600,
+            "How long uploaded bytes wait for their file record before they are removed.",
+            _positive_int),
+    Setting("max_chunk_bytes", 64 * 1024 ** 2,
+            "Largest chunk of a resumable upload accepted in one request, in bytes.",
+            _positive_int),
+    Setting("upload_expiry_seconds", 24 * 3600,
+            "Unfinished resumable uploads with no activity for this long are removed.",
+            _positive_int),
+    Setting("batch_protocol", True,
+            "Offer batched replication (protocol v2) beside the legacy protocol.", _bool),
+    Setting("batch_max_entities", 500,
+            "Most entities (or statuses) one batch request may carry.", _positive_int),
+    Setting("upload_attempts", 3,
+            "Uploads of one file that may fail the md5 check before the import answers "
+            "'failed' rather than asking for the bytes again.", _positive_int),
+    Setting("upload_attempts_window_seconds", 3600,
+            "Failed uploads older than this no longer count towards upload_attempts.",
+            _positive_int),
+    Setting("auth_cache_size", 1024,
+            "Recent successful password checks remembered per worker (0 disables the cache).",
+            _non_negative_int),
+    Setting("auth_cache_seconds", 300,
+            "How long a remembered password check stays valid.", _positive_int),
+    Setting("export_interval_seconds", 60.0,
+            "How often `meteorpi export run` looks for new records to export.",
+            _positive_seconds),
+    Setting("export_max_failures", 4,
+            "Failures in a row after which an export configuration is disabled "
+            "(0: never disable).", _non_negative_int),
+    Setting("export_backoff_seconds", 1800.0,
+            "Wait after a target's first failure; it doubles with each failure in a row.",
+            _positive_seconds),
+    Setting("export_backoff_max_seconds", 6 * 3600.0,
+            "Longest wait between attempts on a failing target.", _positive_seconds),
+    Setting("export_connect_timeout_seconds", 10.0,
+            "How long the exporter waits to connect to a target.", _positive_seconds),
+    Setting("export_timeout_seconds", 300.0,
+            "How long the exporter waits for a target's reply (or any read) before giving up.",
+            _positive_seconds),
+    Setting("export_ca_bundle", "",
+            "CA certificates (a PEM file or directory) that export targets' TLS certificates "
+            "are checked against; empty: the system's.", _optional_path),
+    Setting("read_access", "user",
+            "Who may read events, files, cameras and the change feed: 'user' (users with the "
+            "user role) or 'public' (anyone, without credentials).", _choice("user", "public")),
+    Setting("camera_connected_seconds", 3600,
+            "A camera counts as connected while a record about it arrived within this many "
+            "seconds.", _positive_int),
+    Setting("feed_max_wait_seconds", 60,
+            "Longest wait a GET /changes long poll may ask for (longer timeouts are cut "
+            "to this).", _positive_int),
+    Setting("feed_heartbeat_seconds", 15,
+            "Quiet seconds after which GET /changes/stream sends a heartbeat comment.",
+            _positive_int),
+    Setting("feed_stream_seconds", 900,
+            "How long one GET /changes/stream connection lasts before the server ends it "
+            "(clients reconnect with Last-Event-ID).", _positive_int),
+    Setting("host", "127.0.0.1", "Address `meteorpi serve` listens on.", _str),
+    Setting("port", 8000, "Port `meteorpi serve` listens on.", _positive_int),
+    Setting("workers", 2, "Worker processes for `meteorpi serve`.", _positive_int),
+    Setting("threads", 4, "Threads per worker process (connections are kept alive).",
+            _positive_int),
+    Setting("log_level", "info", "Logging level: debug, info, warning or error.",
+            _choice("debug", "info", "warning", "error")),
+)
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings. Build one with :func:`load_config` or :meth:`Config.from_mapping`."""
+
+    database_url: str
+    file_store: str
+    receiver: str
+    import_cache_size: int
+    max_json_bytes: int
+    max_upload_bytes: int
+    orphan_data_seconds: int
+    max_chunk_bytes: int
+    upload_expiry_seconds: int
+    batch_protocol: bool
+    batch_max_entities: int
+    upload_attempts: int
+    upload_attempts_window_seconds: int
+    auth_cache_size: int
+    auth_cache_seconds: int
+    export_interval_seconds: float
+    export_max_failures: int
+    export_backoff_seconds: float
+    export_backoff_max_seconds: float
+    export_connect_timeout_seconds: float
+    export_timeout_seconds: float
+    export_ca_bundle: str
+    read_access: str
+    camera_connected_seconds: int
+    feed_max_wait_seconds: int
+    feed_heartbeat_seconds: int
+    feed_stream_seconds: int
+    host: str
+    port: int
+    workers: int
+    threads: int
+    log_level: str
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None, source: str = "configuration") -> Config:
+        """Defaults overlaid with ``values``; unknown names and bad values raise ConfigError."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(_BY_NAME))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                f"known settings are {', '.join(_BY_NAME)}")
+        parsed = {}
+        for setting in SETTINGS:
+            raw = values.get(setting.name, setting.default)
+            try:
+                parsed[setting.name] = setting.parse(raw)
+            except ValueError as error:
+                raise ConfigError(f"{source}: {setting.name} {error} (got {raw!r})") from None
+        return cls(**parsed)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some settings changed (validated like the rest)."""
+        return Config.from_mapping({**dataclasses.asdict(self), **changes})
+
+    @property
+    def file_store_path(self) -> Path:
+        return Path(self.file_store)
+
+
+def load_config(path: str | os.PathLike | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Read settings from ``path`` (or ``$METEORPI_CONFIG``), then apply environment overrides.
+
+    With neither a file nor overrides, this is the embedded default.
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV) or None
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, encoding="utf-8") as stream:
+                loaded = yaml.safe_load(stream)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of setting names to values")
+        values.update(loaded or {})
+    for setting in SETTINGS:
+        env_name = ENV_PREFIX + setting.name.upper()
+        if env_name in environ:
+            values[setting.name] = environ[env_name]
+    return Config.from_mapping(values, source=source)

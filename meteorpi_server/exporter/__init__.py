@@ -1,0 +1,1 @@
+"""The exporter: moves a node's records to other servers over the import protocol."""

@@ -1,0 +1,312 @@
+"""The client half of the legacy import protocol: send one entity by following the replies.
+
+Works against any server that speaks PROTOCOL.md. Transport problems (connection
+errors, time-outs, 5xx, authentication) raise :class:`TargetError`, because they say
+something about the target rather than the entity; protocol outcomes are returned as an
+:class:`ExportResult`.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from meteorpi_model import CameraStatus, Event, FileRecord, md5_file
+
+from .multipart import MultipartFileBody
+from .resumable import (DEFAULT_CHUNK_SIZE, Progress, ResumableUploader, UploadFailed,
+                        UploadRefused)
+
+log = logging.getLogger("meteorpi.exporter")
+
+DEFAULT_TIMEOUT = (10.0, 300.0)
+ORIGIN_HEADER = "Meteorpi-Origin"
+
+
+class TargetError(Exception):
+    """The target could not be reached or did not answer usefully; try it again later."""
+
+
+@dataclass
+class ExportResult:
+    """How sending one entity ended.
+
+    ``state`` is ``complete``; ``failed`` (the target said so, or this node lacks something
+    the target asked for); ``rejected`` (the target answered 4xx: the entity is invalid
+    there); or ``unexpected`` (a reply outside the protocol, or too many round trips).
+    """
+
+    state: str
+    message: str = ""
+    round_trips: int = 0
+    files_uploaded: int = 0
+    bytes_uploaded: int = 0
+    #: The HTTP status of a ``rejected`` entity's last reply.
+    status_code: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "complete"
+
+
+class EntitySource(Protocol):
+    """Where the driver finds what a target asks for."""
+
+    def status(self, status_id: uuid.UUID) -> CameraStatus | None: ...
+
+    def open_file(self, record: FileRecord) -> BinaryIO | None: ...
+
+
+def target_session() -> requests.Session:
+    """A Session for one target: kept-alive connections, and a failed connect retried.
+
+    Only connecting is retried (twice, 0.5 s then 1 s apart): a request that never left
+    is safe to send again, while a failed or timed-out reply is the caller's to judge.
+    """
+    session = requests.Session()
+    retry = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0,
+                  backoff_factor=0.5, allowed_methods=None, raise_on_status=False)
+    # One exporter thread talks to one host, one request at a time.
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class ImportClient:
+    """One target's /import endpoint: a requests.Session with keep-alive, auth and timeouts.
+
+    ``timeout`` is (connect, read) in seconds; ``verify`` is True, False, or the path of
+    a CA bundle that the target's TLS certificate is checked against.
+    """
+
+    def __init__(self, import_url: str, user: str, password: str, *,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT, verify: bool | str = True,
+                 origin_server: uuid.UUID | None = None, session: requests.Session | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE):
+        self.import_url = import_url.rstrip("/")
+        self.chunk_size = chunk_size
+        self.capabilities: dict | None = None
+        self._resumable: ResumableUploader | None = None
+        self.timeout = timeout
+        self.session = session or target_session()
+        self.session.auth = (user, password)
+        self.session.verify = verify
+        if origin_server is not None:
+            # Lets the target note where records came from, so it never sends them back.
+            self.session.headers[ORIGIN_HEADER] = origin_server.hex
+        self.requests_sent = 0
+
+    def describe(self) -> dict | None:
+        """The target's discovery document, or None for a legacy server (which has none).
+
+        If the target accepts resumable uploads, files are sent that way from then on.
+        """
+        self.requests_sent += 1
+        try:
+            response = self.session.get(self.import_url, timeout=self.timeout)
+        except requests.RequestException as error:
+            raise TargetError(f"{self.import_url}: {error}") from error
+        if response.status_code in (404, 405):
+            self.capabilities, self._resumable = None, None
+            return None
+        if response.status_code != 200:
+            raise TargetError(f"{self.import_url} answered {response.status_code}: {_describe(response)}")
+        self.capabilities = _reply(response)
+        resumable = ((self.capabilities or {}).get("uploads") or {}).get("resumable")
+        if isinstance(resumable, dict) and resumable.get("version") == 1:
+            self._resumable = ResumableUploader(
+                self.session, self.import_url, chunk_size=self.chunk_size,
+                max_chunk_bytes=resumable.get("max_chunk_bytes"), timeout=self.timeout)
+        return self.capabilities
+
+    @property
+    def uses_resumable_uploads(self) -> bool:
+        return self._resumable is not None
+
+    def upload_file(self, record: FileRecord, md5: str, source: BinaryIO,
+                    progress: Progress | None = None) -> tuple[_Answer, int]:
+        """Send one file's bytes, resumably if the target can take them so, else whole.
+
+        Returns the answer to go on from (as after a legacy upload) and the bytes sent.
+        """
+        if self._resumable is None:
+            response, size = self.upload(record.file_id, md5, source,
+                                         record.file_name or record.file_id.hex)
+            if progress and response.status_code == 200:
+                progress(size)
+            return _Answer.of(response), size
+        try:
+            outcome = self._resumable.upload(record.file_id, md5, source, progress)
+        except UploadRefused as refusal:  # this file, not the target: reject the entity
+            return _Answer(400, None, str(refusal)), 0
+        except (UploadFailed, requests.RequestException) as error:
+            raise TargetError(f"uploading file {record.file_id.hex}: {error}") from error
+        finally:
+            self.requests_sent += self._resumable.requests_sent
+            self._resumable.requests_sent = 0
+        # Like a legacy upload, the import goes on either way; bytes that did not match
+        # their md5 show up as another need_file_data (or, repeatedly, as failed).
+        return _Answer(200, {"state": "continue"}), outcome.bytes_sent
+
+    def __enter__(self) -> ImportClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _post(self, url: str, **kwargs) -> requests.Response:
+        self.requests_sent += 1
+        try:
+            response = self.session.post(url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as error:
+            raise TargetError(f"{url}: {error}") from error
+        if response.status_code in (401, 403) or response.status_code >= 500:
+            raise TargetError(f"{url} answered {response.status_code}: {_describe(response)}")
+        return response
+
+    def send(self, document: dict) -> requests.Response:
+        return self._post(self.import_url, json=document)
+
+    def send_batch(self, operation: str, document: dict) -> requests.Response:
+        """POST a protocol v2 request to ``/import/batch/<operation>``."""
+        return self._post(f"{self.import_url}/batch/{operation}", json=document)
+
+    def speaks_batches(self) -> bool:
+        """Whether the target announced protocol v2 (after :meth:`describe`)."""
+        return "batch-2" in ((self.capabilities or {}).get("protocols") or [])
+
+    def upload(self, file_id: uuid.UUID, md5: str, source: BinaryIO, file_name: str) -> tuple[requests.Response, int]:
+        body = MultipartFileBody("file", file_name, source)
+        response = self._post(f"{self.import_url}/data/{file_id.hex}/{md5}", data=body,
+                              headers={"Content-Type": body.content_type})
+        return response, body.file_size
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What one exchange with the target came to: HTTP status, reply object, description."""
+
+    status: int
+    reply: dict | None
+    description: str = ""
+
+    @classmethod
+    def of(cls, response: requests.Response) -> _Answer:
+        return cls(response.status_code, _reply(response),
+                   "" if response.status_code == 200 else _describe(response))
+
+
+def _describe(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("message") or body)
+    except ValueError:
+        return response.text[:200] or response.reason
+
+
+def _reply(response: requests.Response) -> dict | None:
+    """The reply object of a 200 answer, or None if the body is not one."""
+    try:
+        reply = response.json()
+    except ValueError:
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
+def _files_of(entity) -> list[FileRecord]:
+    if isinstance(entity, Event):
+        return list(entity.files)
+    if isinstance(entity, FileRecord):
+        return [entity]
+    return []
+
+
+def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatus,
+                  source: EntitySource, max_round_trips: int | None = None,
+                  progress: Progress | None = None) -> ExportResult:
+    """Send ``entity`` and follow the target's replies until it is complete or fails.
+
+    ``progress`` is called with the number of file bytes the target confirmed, as they are
+    confirmed, so a progress bar moves during a large file too.
+    """
+    files = {record.file_id: record for record in _files_of(entity)}
+    # Each file costs an upload and a resend, plus a status and a resend: anything beyond
+    # that (and some slack for cache misses) means the target is going round in circles.
+    limit = max_round_trips or 2 * len(files) + 12
+    result = ExportResult("unexpected")
+    full = {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()}
+    document: dict | None = full
+
+    while result.round_trips < limit:
+        if document is not None:
+            answer = _Answer.of(client.send(document))
+            result.round_trips += 1
+        document = None
+        if answer.status != 200:
+            result.state, result.message = "rejected", f"{answer.status}: {answer.description}"
+            result.status_code = answer.status
+            return result
+        reply = answer.reply
+        state = reply.get("state") if reply else None
+        if state == "complete":
+            result.state = "complete"
+            return result
+        if state == "failed":
+            result.state, result.message = "failed", str(reply.get("message", ""))
+            return result
+        if state == "continue":
+            document = {"type": "cached_entity", "cached_entity_id": entity.id.hex}
+        elif state == "continue-nocache":
+            document = full
+        elif state == "need_status":
+            status = _lookup_status(source, reply.get("status_id"))
+            if status is None:
+                result.state = "failed"
+                result.message = f"the target asked for status {reply.get('status_id')!r}, which this node does not have"
+                return result
+            document = {"type": "status", "status": status.to_dict()}
+        elif state == "need_file_data":
+            record = _lookup_file(files, reply.get("file_id"))
+            if record is None:
+                result.message = f"the target asked for file {reply.get('file_id')!r}, which is not part of this entity"
+                return result
+            stream = source.open_file(record)
+            if stream is None:
+                result.state = "failed"
+                result.message = f"the bytes of file {record.file_id.hex} are missing on this node"
+                return result
+            with stream:
+                md5 = record.md5 or md5_file(stream.name)
+                answer, size = client.upload_file(record, md5, stream, progress)
+            result.round_trips += 1
+            result.files_uploaded += 1
+            result.bytes_uploaded += size
+            continue  # the upload's own reply ('continue') decides what comes next
+        else:
+            result.message = f"unexpected reply {reply!r:.200}"
+            return result
+    result.message = f"no outcome after {result.round_trips} round trips"
+    return result
+
+
+def _lookup_status(source: EntitySource, status_id) -> CameraStatus | None:
+    try:
+        return source.status(uuid.UUID(hex=str(status_id)))
+    except ValueError:
+        return None
+
+
+def _lookup_file(files: dict[uuid.UUID, FileRecord], file_id) -> FileRecord | None:
+    try:
+        return files.get(uuid.UUID(hex=str(file_id)))
+    except ValueError:
+        return None

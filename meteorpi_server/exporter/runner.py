@@ -1,0 +1,486 @@
+"""The export runner: marks tasks and sends them, each configuration on its own thread.
+
+One pass over a configuration: ask the target who it is (``GET /import``), mark new
+matches as tasks, then send due tasks in batches with the handshake driver until none is
+left. What can go wrong is sorted in two:
+
+* the **target** fails (cannot be reached, times out, answers 5xx, 401/403, 404, or
+  anything outside the protocol): the pass stops, the configuration waits (a back-off
+  that doubles with each failure in a row, up to a cap) and is disabled after
+  ``export_max_failures`` failures in a row, with the reason. No task is charged: a
+  target that is down for a week costs nothing but waiting.
+* the target refuses **one entity** (answers ``failed``, or 400/409/413/415/422 for it)
+  or this node cannot send it (its bytes are missing): that task waits (its own
+  back-off) and the pass goes on with the others; after ``export_max_failures``
+  refusals the task is ``failed`` until ``meteorpi export retry``.
+
+A task the target answered ``complete`` for is ``done`` before the next one starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from .. import store
+from ..config import Config, ConfigError
+from ..db import Database
+from ..files import FileStore
+from ..orm import ExportConfigRow, ExportTaskRow
+from . import tasks
+from .configs import clip
+from .handshake import ExportResult, ImportClient, TargetError, export_entity
+from .marking import mark
+from .progress import Batch, Reporter
+from .source import StoreSource, entity_bytes, pending_bytes
+
+log = logging.getLogger("meteorpi.exporter")
+
+# A 4xx for one entity means "not this one" (invalid there, too large, a conflict); any
+# other 4xx (404, 405, ...) means the URL or the target is wrong for every entity.
+ENTITY_STATUS_CODES = frozenset({400, 409, 413, 415, 422})
+BATCH_SIZE = 100
+
+
+@dataclass(frozen=True)
+class ExporterSettings:
+    """The runner's settings; :meth:`from_config` reads them from the ``export_*`` settings."""
+
+    interval_seconds: float = 60.0
+    max_failures: int = 4
+    backoff: tasks.Backoff = tasks.Backoff(1_800_000, 21_600_000)
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    ca_bundle: str = ""
+    batch_size: int = BATCH_SIZE
+
+    @classmethod
+    def from_config(cls, config: Config) -> ExporterSettings:
+        if config.export_ca_bundle and not Path(config.export_ca_bundle).exists():
+            raise ConfigError(f"export_ca_bundle: {config.export_ca_bundle} does not exist; "
+                              "point it at a PEM file of CA certificates, or leave it empty "
+                              "for the system's")
+        return cls(
+            interval_seconds=config.export_interval_seconds,
+            max_failures=config.export_max_failures,
+            backoff=tasks.Backoff(int(config.export_backoff_seconds * 1000),
+                                  int(config.export_backoff_max_seconds * 1000)),
+            connect_timeout=config.export_connect_timeout_seconds,
+            read_timeout=config.export_timeout_seconds,
+            ca_bundle=config.export_ca_bundle)
+
+    @property
+    def lease_seconds(self) -> float:
+        # Renewed every third of this while working, so only a dead exporter loses it.
+        return max(300.0, 4 * self.read_timeout)
+
+
+@dataclass
+class TargetSummary:
+    """What one run did for one configuration."""
+
+    name: str
+    target_url: str
+    marked: int = 0
+    entities_sent: int = 0
+    files_uploaded: int = 0
+    bytes_uploaded: int = 0
+    refused: int = 0
+    target_failures: int = 0
+    last_error: str | None = None
+    disabled: bool = False
+    skipped: str | None = None
+
+    @property
+    def failures(self) -> int:
+        return self.refused + self.target_failures
+
+    def add(self, other: TargetSummary) -> None:
+        for name in ("marked", "entities_sent", "files_uploaded", "bytes_uploaded", "refused",
+                     "target_failures"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_error = other.last_error or self.last_error
+        self.disabled = self.disabled or other.disabled
+        self.skipped = other.skipped
+
+
+@dataclass
+class RunSummary:
+    targets: dict[str, TargetSummary] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> int:
+        return sum(target.failures for target in self.targets.values())
+
+    @property
+    def entities_sent(self) -> int:
+        return sum(target.entities_sent for target in self.targets.values())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class _Stopped(Exception):
+    """The run was asked to stop between two entities."""
+
+
+class Exporter:
+    """Sends this node's records to the targets of its export configurations."""
+
+    def __init__(self, database: Database, files: FileStore, settings: ExporterSettings,
+                 reporter: Reporter | None = None):
+        self.database = database
+        self.source = StoreSource(database, files)
+        self.settings = settings
+        self.reporter = reporter or Reporter()
+        self.host = socket.gethostname()
+        # Names this process in leases; the pid lets a restart on the same host take over
+        # at once from an exporter that was killed.
+        self.owner = f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._server_id: uuid.UUID | None = None
+        self._clients: dict[uuid.UUID, tuple[tuple, ImportClient]] = {}
+        self._clients_lock = threading.Lock()
+
+    # Running -------------------------------------------------------------------------
+
+    def run_once(self, stop: threading.Event | None = None) -> RunSummary:
+        """One pass over every enabled configuration, in parallel; returns what was done.
+
+        Each pass marks, sends every due task, marks again and goes on until nothing new
+        is due. A target that fails is left to its back-off; the others carry on.
+        """
+        stop = stop or threading.Event()
+        summary = RunSummary()
+        rows = self._enabled_configs()
+        results: dict[uuid.UUID, TargetSummary] = {}
+
+        def work(config_id: uuid.UUID) -> None:
+            results[config_id] = self.export_config(config_id, stop)
+
+        threads = [threading.Thread(target=work, args=(row.config_id,), name=f"export-{row.name}",
+                                    daemon=True) for row in rows]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            self.close()
+        for row in rows:
+            if row.config_id in results:
+                summary.targets[row.name] = results[row.config_id]
+        return summary
+
+    def run_forever(self, stop: threading.Event) -> RunSummary:
+        """Pass over each enabled configuration every ``interval_seconds`` until ``stop``
+        is set; returns the totals. Configurations added or enabled meanwhile are picked
+        up within one interval."""
+        totals = RunSummary()
+        lock = threading.Lock()
+        workers: dict[uuid.UUID, threading.Thread] = {}
+
+        def work(config_id: uuid.UUID, name: str) -> None:
+            while not stop.is_set():
+                result = self.export_config(config_id, stop)
+                with lock:
+                    totals.targets.setdefault(name, TargetSummary(name, result.target_url)).add(result)
+                if result.skipped in ("removed", "disabled"):
+                    return
+                stop.wait(self._pause(config_id))
+
+        try:
+            while not stop.is_set():
+                for row in self._enabled_configs():
+                    if row.config_id not in workers or not workers[row.config_id].is_alive():
+                        workers[row.config_id] = threading.Thread(
+                            target=work, args=(row.config_id, row.name),
+                            name=f"export-{row.name}", daemon=True)
+                        workers[row.config_id].start()
+                stop.wait(self.settings.interval_seconds)
+            for thread in workers.values():
+                thread.join()
+        finally:
+            self.close()
+        return totals
+
+    def _pause(self, config_id: uuid.UUID) -> float:
+        """Until the next pass: the interval, or less if a back-off ends sooner."""
+        with self.database.read() as session:
+            next_attempt = session.scalar(select(ExportConfigRow.next_attempt_at)
+                                          .where(ExportConfigRow.config_id == config_id)) or 0
+        wait = self.settings.interval_seconds
+        until_retry = (next_attempt - store.now_ms()) / 1000
+        return max(0.01, min(wait, until_retry)) if until_retry > 0 else wait
+
+    def close(self) -> None:
+        with self._clients_lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for _, client in clients:
+            client.close()
+
+    # One configuration -----------------------------------------------------------------
+
+    def export_config(self, config_id: uuid.UUID, stop: threading.Event | None = None) -> TargetSummary:
+        """One pass over one configuration; see the module's description."""
+        stop = stop or threading.Event()
+        with self.database.read() as session:
+            row = session.get(ExportConfigRow, config_id)
+        if row is None:
+            return TargetSummary("?", "", skipped="removed")
+        summary = TargetSummary(row.name, row.target_url)
+        if not row.enabled:
+            summary.skipped = "disabled"
+            return summary
+        if row.next_attempt_at > store.now_ms():
+            summary.skipped = "backing off"
+            if row.target_checked_at is not None:
+                # The backlog keeps growing while the target is away: let status show it.
+                with self.database.write() as session:
+                    summary.marked += mark(session, row)
+            return summary
+        if not self._take_lease(config_id):
+            summary.skipped = "another exporter is working on it"
+            return summary
+        try:
+            self._pass(row, stop, summary)
+        except _Stopped:
+            pass
+        except Exception as error:  # a bug or a local fault must not kill the exporter
+            log.exception("export %s: unexpected error", row.name)
+            with contextlib.suppress(Exception):  # the database may be what failed
+                self._target_failed(row, summary, f"unexpected error on this node: "
+                                                  f"{type(error).__name__}: {error}")
+        finally:
+            with self.database.write() as session:
+                tasks.release_lease(session, config_id, self.owner)
+        return summary
+
+    def _pass(self, row: ExportConfigRow, stop: threading.Event, summary: TargetSummary) -> None:
+        client = self._client(row)
+        try:
+            document = client.describe()
+        except TargetError as error:
+            self._target_failed(row, summary, str(error))
+            return
+        target_id = _server_id_of(document)
+        if target_id is not None and target_id == self.server_id:
+            reason = ("the target is this server itself; point the configuration at another "
+                      "server's /import")
+            with self.database.write() as session:
+                tasks.disable_config(session, row.config_id, reason)
+            summary.last_error, summary.disabled = reason, True
+            log.warning("export %s: %s; disabled the configuration", row.name, reason)
+            return
+        while not stop.is_set():
+            with self.database.write() as session:
+                tasks.note_target_identity(session, row.config_id, target_id)
+                fresh = session.get(ExportConfigRow, row.config_id)
+                if fresh is None or not fresh.enabled:
+                    return
+                marked = mark(session, fresh)
+            summary.marked += marked
+            if not self._drain(row, client, stop, summary) or marked == 0:
+                return
+
+    def _drain(self, row: ExportConfigRow, client: ImportClient, stop: threading.Event,
+               summary: TargetSummary) -> bool:
+        """Send due tasks until none is left (True) or the target failed (False)."""
+        tried: set[uuid.UUID] = set()
+        due_count, due_bytes = self._due_work(row.config_id)
+        self.reporter.add_work(row.name, due_count, due_bytes)
+        lease_renewed = time.monotonic()
+        while True:
+            with self.database.read() as session:
+                batch_tasks = [task for task in tasks.due_tasks(session, row.config_id,
+                                                                self.settings.batch_size)
+                               if task.entity_id not in tried]
+            if not batch_tasks:
+                return True
+            batch, started = Batch(), time.monotonic()
+            for task in batch_tasks:
+                if stop.is_set():
+                    raise _Stopped
+                if time.monotonic() - lease_renewed > self.settings.lease_seconds / 3:
+                    if not self._take_lease(row.config_id):
+                        log.warning("export %s: another exporter took this configuration over "
+                                    "(this one was too slow to renew its claim); leaving it",
+                                    row.name)
+                        raise _Stopped
+                    lease_renewed = time.monotonic()
+                tried.add(task.entity_id)
+                if not self._send(row, client, task, stop, summary, batch):
+                    return False
+            batch.seconds = time.monotonic() - started
+            batch.pending_after = self._pending_count(row.config_id)
+            self.reporter.batch_done(row.name, batch)
+
+    def _send(self, row: ExportConfigRow, client: ImportClient, task: tasks.Task,
+              stop: threading.Event, summary: TargetSummary, batch: Batch) -> bool:
+        """Send one task's entity and record the outcome; False if the target failed."""
+        batch.entities += 1
+        entity = self.source.entity(task.entity_type, task.entity_id)
+        if entity is None:
+            with self.database.write() as session:
+                tasks.give_up(session, task, f"the {task.entity_type} no longer exists on this node")
+            summary.refused += 1
+            batch.refused += 1
+            self.reporter.entity_done(row.name, False, 0)
+            return True
+        size = entity_bytes(entity)
+        try:
+            result = export_entity(client, entity, self.source,
+                                   progress=lambda count: self.reporter.bytes_sent(row.name, count))
+        except TargetError as error:
+            if stop.is_set():  # cut short by a stop request, not the target's fault
+                raise _Stopped from error
+            self._target_failed(row, summary, str(error))
+            return False
+        summary.files_uploaded += result.files_uploaded
+        summary.bytes_uploaded += result.bytes_uploaded
+        batch.files_uploaded += result.files_uploaded
+        batch.bytes_uploaded += result.bytes_uploaded
+        if result.ok:
+            with self.database.write() as session:
+                tasks.complete(session, task)
+            summary.entities_sent += 1
+            batch.complete += 1
+            self.reporter.entity_done(row.name, True, size)
+            return True
+        reason = _reason(task, result)
+        if _is_target_problem(result):
+            self._target_failed(row, summary, reason)
+            return False
+        with self.database.write() as session:
+            state = tasks.refuse(session, task, reason, self.settings.backoff,
+                                 self.settings.max_failures)
+        log.info("export %s: %s%s", row.name, reason,
+                 "; gave up on it (meteorpi export retry sends it again)" if state == tasks.FAILED else "")
+        summary.refused += 1
+        summary.last_error = reason
+        batch.refused += 1
+        self.reporter.entity_done(row.name, False, size)
+        return True
+
+    def _target_failed(self, row: ExportConfigRow, summary: TargetSummary, reason: str) -> None:
+        reason = _with_advice(reason)
+        with self.database.write() as session:
+            failures, disabled = tasks.note_target_failure(
+                session, row.config_id, reason, self.settings.backoff, self.settings.max_failures)
+        summary.target_failures += 1
+        summary.last_error = reason
+        summary.disabled = summary.disabled or disabled
+        log.warning("export %s: target failure %d in a row: %s%s", row.name, failures, reason,
+                    "; disabled the configuration" if disabled else "")
+
+    # Helpers -----------------------------------------------------------------------
+
+    @property
+    def server_id(self) -> uuid.UUID:
+        if self._server_id is None:
+            with self.database.read() as session:
+                self._server_id = store.server_id(session)
+        return self._server_id
+
+    def _client(self, row: ExportConfigRow) -> ImportClient:
+        """The configuration's client, kept between passes for its connection; a new one
+        if the target's URL or credentials changed."""
+        key = (row.target_url, row.user_id, row.password)
+        with self._clients_lock:
+            cached = self._clients.get(row.config_id)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            if cached is not None:
+                cached[1].close()
+            client = ImportClient(
+                row.target_url, row.user_id, row.password,
+                timeout=(self.settings.connect_timeout, self.settings.read_timeout),
+                verify=self.settings.ca_bundle or True, origin_server=self.server_id)
+            self._clients[row.config_id] = (key, client)
+            return client
+
+    def _enabled_configs(self) -> list[ExportConfigRow]:
+        with self.database.read() as session:
+            return list(session.scalars(select(ExportConfigRow)
+                                        .where(ExportConfigRow.enabled.is_(True))
+                                        .order_by(ExportConfigRow.name)))
+
+    def _take_lease(self, config_id: uuid.UUID) -> bool:
+        with self.database.write() as session:
+            stale = frozenset(owner for owner in tasks.lease_holders(session)
+                              if self._is_dead_local_owner(owner))
+            return tasks.take_lease(session, config_id, self.owner, self.settings.lease_seconds,
+                                    stale)
+
+    def _is_dead_local_owner(self, owner: str) -> bool:
+        try:
+            host, pid_text, _ = owner.rsplit(":", 2)
+            pid = int(pid_text)
+        except ValueError:
+            return False
+        return host == self.host and pid != os.getpid() and not _pid_alive(pid)
+
+    def _pending_count(self, config_id: uuid.UUID, due_by: int | None = None) -> int:
+        conditions = [ExportTaskRow.config_id == config_id, ExportTaskRow.state == tasks.PENDING]
+        if due_by is not None:
+            conditions.append(ExportTaskRow.next_attempt_at <= due_by)
+        with self.database.read() as session:
+            return session.scalar(select(func.count()).select_from(ExportTaskRow).where(*conditions))
+
+    def _due_work(self, config_id: uuid.UUID) -> tuple[int, int]:
+        """Tasks due now, and the bytes of their files (for progress bars)."""
+        now = store.now_ms()
+        return (self._pending_count(config_id, now),
+                pending_bytes(self.database, config_id, due_by=now))
+
+
+def _server_id_of(document: dict | None) -> uuid.UUID | None:
+    """The target's server id from its discovery document (legacy targets have none)."""
+    value = (document or {}).get("server_id")
+    try:
+        return uuid.UUID(hex=value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _is_target_problem(result: ExportResult) -> bool:
+    if result.state == "unexpected":
+        return True
+    return result.state == "rejected" and result.status_code not in ENTITY_STATUS_CODES
+
+
+def _reason(task: tasks.Task, result: ExportResult) -> str:
+    what = f"{task.entity_type} {task.entity_id.hex}"
+    if result.state == "failed":
+        return clip(f"{what}: the target answered failed: {result.message or '(no message)'}")
+    if result.state == "rejected":
+        return clip(f"{what}: the target rejected it with HTTP {result.message}")
+    return clip(f"{what}: {result.message or 'the target answered outside the protocol'}")
+
+
+def _with_advice(reason: str) -> str:
+    """The failure, and what to do about it where that is clear."""
+    if " answered 401" in reason:
+        return reason + " (check the configuration's user and password)"
+    if " answered 403" in reason:
+        return reason + " (the target's user needs the import role there)"
+    if "HTTP 404" in reason or "HTTP 405" in reason:
+        return reason + " (the target URL should be the server's import endpoint, ending in /import)"
+    if "CERTIFICATE_VERIFY_FAILED" in reason or "SSLError" in reason:
+        return reason + " (the target's TLS certificate is not trusted: see export_ca_bundle)"
+    return reason

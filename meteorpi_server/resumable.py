@@ -1,0 +1,209 @@
+"""Resumable chunked uploads: a file's bytes arrive as appends at known offsets.
+
+The state of an upload is its partial file in the store's ``.uploads/`` directory, named
+by file id and md5: its size is the offset the server holds, so any worker on the host
+can continue any upload, and a server restart loses nothing that was acknowledged
+(every chunk is fsynced before its reply). An exclusive ``flock`` on the partial file
+keeps two requests from appending to one upload at once.
+
+When the last byte arrives the whole file's md5 is verified and the file is handed to
+the receiver (which moves it into place); a mismatch discards it.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import hashlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from meteorpi_model import MD5Stream
+
+from .db import Database
+from .files import CHUNK_SIZE, FileStore
+from . import store
+
+log = logging.getLogger("meteorpi.upload")
+
+CHECKSUM_ALGORITHMS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
+
+
+class UploadError(Exception):
+    """A chunk that cannot be accepted; ``status`` and ``error`` shape the HTTP reply."""
+
+    status = 400
+    error = "bad_upload"
+
+    def __init__(self, message: str, offset: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+
+class OffsetMismatch(UploadError):
+    status, error = 409, "offset_mismatch"
+
+
+class UploadBusy(UploadError):
+    status, error = 409, "upload_busy"
+
+
+class ChecksumMismatch(UploadError):
+    status, error = 422, "checksum_mismatch"
+
+
+class FileMd5Mismatch(UploadError):
+    status, error = 422, "md5_mismatch"
+
+
+class UploadTooLarge(UploadError):
+    status, error = 413, "too_large"
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """An ``Upload-Checksum`` header: an algorithm and the chunk's expected digest."""
+
+    algorithm: str
+    digest: bytes
+
+    @classmethod
+    def parse(cls, header: str) -> Checksum:
+        algorithm, _, encoded = header.strip().partition(" ")
+        if algorithm not in CHECKSUM_ALGORITHMS:
+            raise UploadError(f"Upload-Checksum algorithm must be one of "
+                              f"{', '.join(CHECKSUM_ALGORITHMS)} (got {algorithm!r})")
+        try:
+            digest = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise UploadError("Upload-Checksum must be '<algorithm> <base64 digest>'") from None
+        if len(digest) != CHECKSUM_ALGORITHMS[algorithm]().digest_size:
+            raise UploadError(f"Upload-Checksum digest has the wrong length for {algorithm}")
+        return cls(algorithm, digest)
+
+
+@dataclass(frozen=True)
+class UploadState:
+    """How far an upload has got: ``offset`` bytes held; ``complete`` once stored (the
+    offset is then unknown when the bytes came some other way, e.g. a legacy upload)."""
+
+    offset: int | None
+    complete: bool = False
+
+    def to_dict(self) -> dict:
+        reply = {"complete": self.complete}
+        if self.offset is not None:
+            reply["offset"] = self.offset
+        if self.complete:
+            reply["state"] = "continue"  # what a legacy upload answers: go on with the import
+        return reply
+
+
+class ResumableUploads:
+    """Appends chunks to partial uploads and completes them through the receiver."""
+
+    def __init__(self, files: FileStore, receiver, database: Database,
+                 max_chunk_bytes: int, max_file_bytes: int):
+        self.files = files
+        self.receiver = receiver
+        self.database = database
+        self.max_chunk_bytes = max_chunk_bytes
+        self.max_file_bytes = max_file_bytes
+
+    def state(self, file_id: uuid.UUID, md5: str) -> UploadState:
+        """The offset to send from next (0 for an upload never started)."""
+        if self.receiver.has_file_data(file_id, md5):
+            return UploadState(offset=None, complete=True)
+        try:
+            return UploadState(os.stat(self.files.upload_path(file_id, md5)).st_size)
+        except FileNotFoundError:
+            return UploadState(0)
+
+    def append(self, file_id: uuid.UUID, md5: str, offset: int, length: int, body: BinaryIO,
+               user: str, checksum: Checksum | None = None,
+               chunk_length: int | None = None) -> UploadState:
+        """Write ``body`` at ``offset`` of an upload whose whole size is ``length``.
+
+        Raises an UploadError subclass for a chunk that cannot be taken. If reading
+        ``body`` fails (a cut connection), the bytes that did arrive are kept, unless a
+        checksum was given (then a chunk is all or nothing), and the error propagates.
+        """
+        if length > self.max_file_bytes:
+            raise UploadTooLarge(f"the file is larger than this server's limit of "
+                                 f"{self.max_file_bytes} bytes")
+        if chunk_length is not None and chunk_length > self.max_chunk_bytes:
+            raise UploadTooLarge(f"a chunk may be at most {self.max_chunk_bytes} bytes")
+        if self.receiver.has_file_data(file_id, md5):
+            return UploadState(length, complete=True)
+        path = self.files.upload_path(file_id, md5)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UploadBusy("another request is writing to this upload; ask for the "
+                                 "offset again and resume from there") from None
+            held = os.fstat(descriptor).st_size
+            if offset != held:
+                raise OffsetMismatch(f"this upload continues at byte {held}, not {offset}", held)
+            written = self._write_chunk(descriptor, offset, length, body, checksum)
+            if written < length:
+                return UploadState(written)
+            return self._complete(file_id, md5, path, descriptor, length, user)
+        finally:
+            os.close(descriptor)
+
+    def _write_chunk(self, descriptor: int, offset: int, length: int, body: BinaryIO,
+                     checksum: Checksum | None) -> int:
+        hasher = CHECKSUM_ALGORITHMS[checksum.algorithm]() if checksum else None
+        position = offset
+        try:
+            while piece := body.read(CHUNK_SIZE):
+                if hasher:
+                    hasher.update(piece)
+                if position - offset + len(piece) > self.max_chunk_bytes:
+                    raise UploadTooLarge(f"a chunk may be at most {self.max_chunk_bytes} bytes")
+                if position + len(piece) > length:
+                    raise UploadError(f"the chunk runs past the Upload-Length of {length} bytes")
+                os.pwrite(descriptor, piece, position)
+                position += len(piece)
+        except BaseException:  # a cut connection shows up as whatever the server raises
+            # Without a checksum the bytes that arrived are as good as any; with one, an
+            # unverifiable half chunk must go. Either way the offset stays truthful.
+            os.ftruncate(descriptor, position if hasher is None else offset)
+            os.fsync(descriptor)
+            raise
+        if hasher is not None and hasher.digest() != checksum.digest:
+            os.ftruncate(descriptor, offset)
+            raise ChecksumMismatch(
+                f"the chunk's {checksum.algorithm} does not match Upload-Checksum; it was "
+                f"discarded, send it again from byte {offset}", offset)
+        os.fsync(descriptor)
+        return position
+
+    def _complete(self, file_id: uuid.UUID, md5: str, path, descriptor: int, length: int,
+                  user: str) -> UploadState:
+        hasher = MD5Stream()
+        position = 0
+        while position < length:
+            piece = os.pread(descriptor, CHUNK_SIZE, position)
+            hasher.update(piece)
+            position += len(piece)
+        actual = hasher.hexdigest()
+        if actual != md5:
+            os.unlink(path)
+            with self.database.write() as session:
+                store.note_upload_failure(session, file_id, md5)
+            log.warning("upload of file %s from %s discarded: md5 %s, expected %s",
+                        file_id.hex, user, actual, md5)
+            raise FileMd5Mismatch(f"the whole file's md5 is {actual}, not {md5}; the upload "
+                                  "was discarded: check the file on the node and send it again", 0)
+        try:
+            self.receiver.receive_complete_upload(file_id, md5, path, user)
+        finally:
+            path.unlink(missing_ok=True)
+        return UploadState(length, complete=True)

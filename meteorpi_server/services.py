@@ -1,0 +1,88 @@
+"""The per-app services, built once by create_app and kept in ``app.extensions``."""
+from __future__ import annotations
+
+import importlib
+import uuid
+from dataclasses import dataclass
+
+from . import store
+
+from .auth import Users, VerificationCache
+from .batch import BatchImporter, batch_supported
+from .config import Config, ConfigError
+from .db import Database
+from .files import FileStore
+from .importing import EntityCache, Importer
+from .maintenance import PeriodicSweep
+from .receiver import BaseImportReceiver, ReceiverContext
+from .resumable import CHECKSUM_ALGORITHMS, ResumableUploads
+
+
+def load_receiver_class(spec: str) -> type[BaseImportReceiver]:
+    """Import ``module:Class`` and check that it is a BaseImportReceiver."""
+    module_name, _, class_name = spec.partition(":")
+    try:
+        receiver_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"receiver {spec} cannot be loaded: {error}") from None
+    if not (isinstance(receiver_class, type) and issubclass(receiver_class, BaseImportReceiver)):
+        raise ConfigError(f"receiver {spec} is not a subclass of "
+                          "meteorpi_server.receiver.BaseImportReceiver")
+    return receiver_class
+
+
+@dataclass
+class Services:
+    config: Config
+    database: Database
+    files: FileStore
+    users: Users
+    receiver: BaseImportReceiver
+    importer: Importer
+    uploads: ResumableUploads
+    sweep: PeriodicSweep
+    batch: BatchImporter | None
+
+    _server_id: uuid.UUID | None = None
+
+    @property
+    def server_id(self) -> uuid.UUID:
+        """This server's identity, read once (it never changes)."""
+        if self._server_id is None:
+            with self.database.read() as session:
+                self._server_id = store.server_id(session)
+        return self._server_id
+
+    def capabilities(self) -> dict:
+        """The discovery document served at GET /import."""
+        return {
+            "server": "meteorpi",
+            "server_id": self.server_id.hex,
+            "protocols": ["legacy-1"] + (["batch-2"] if self.batch else []),
+            "limits": {"max_json_bytes": self.config.max_json_bytes,
+                       "max_upload_bytes": self.config.max_upload_bytes},
+            **({"batch": {"version": 2, "max_entities": self.config.batch_max_entities}}
+               if self.batch else {}),
+            "uploads": {"resumable": {
+                "version": 1,
+                "max_chunk_bytes": self.config.max_chunk_bytes,
+                "max_file_bytes": self.config.max_upload_bytes,
+                "checksums": sorted(CHECKSUM_ALGORITHMS),
+            }},
+        }
+
+    @classmethod
+    def build(cls, config: Config) -> Services:
+        database = Database(config.database_url)
+        files = FileStore(config.file_store)
+        users = Users(database, VerificationCache(config.auth_cache_size, config.auth_cache_seconds))
+        receiver = load_receiver_class(config.receiver)(ReceiverContext(config, database, files))
+        importer = Importer(receiver, EntityCache(config.import_cache_size))
+        uploads = ResumableUploads(files, receiver, database, config.max_chunk_bytes,
+                                   config.max_upload_bytes)
+        sweep = PeriodicSweep(database, files, config)
+        batch = None
+        if config.batch_protocol and batch_supported(receiver):
+            batch = BatchImporter(database, receiver, uploads, config.batch_max_entities,
+                                  config.upload_attempts, config.upload_attempts_window_seconds)
+        return cls(config, database, files, users, receiver, importer, uploads, sweep, batch)

@@ -1,0 +1,322 @@
+"""Reads and writes of records, taking a SQLAlchemy session (no Flask here).
+
+Functions that write expect to run inside one transaction (``Database.write()``), so a
+record and everything it needs are stored together or not at all.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from meteorpi_model import (CameraStatus, Event, FileRecord, Location, Meta, NSString,
+                            Orientation, Point)
+
+from . import feed
+from .orm import (CameraStatusRow, EventMetaRow, EventRow, FileMetaRow, FileRecordRow,
+                  ServerInfoRow, StoredBlobRow, UploadFailureRow)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a record came from: the exporter's user here and its server, or local."""
+
+    user: str | None = None
+    origin_server: uuid.UUID | None = None
+
+
+LOCAL = Source()
+
+
+def server_id(session: Session) -> uuid.UUID:
+    """This server's identity (made by the migration, shared by every host on the database)."""
+    return uuid.UUID(session.scalar(select(ServerInfoRow.value).where(ServerInfoRow.name == "server_id")))
+
+
+def upsert(session: Session, table, values: dict, key: Sequence[str], update_columns: Sequence[str]):
+    """INSERT, or UPDATE ``update_columns`` when a row with the same ``key`` exists."""
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    statement = insert(table).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={column: getattr(statement.excluded, column) for column in update_columns})
+    session.execute(statement)
+
+
+# Existence checks ------------------------------------------------------------------
+
+def has_status(session: Session, status_id: uuid.UUID) -> bool:
+    return session.scalar(select(exists().where(CameraStatusRow.status_id == status_id)))
+
+
+def has_event(session: Session, event_id: uuid.UUID) -> bool:
+    return session.scalar(select(exists().where(EventRow.event_id == event_id)))
+
+
+def has_file_record(session: Session, file_id: uuid.UUID) -> bool:
+    return session.scalar(select(exists().where(FileRecordRow.file_id == file_id)))
+
+
+def missing_statuses(session: Session, status_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    """The ids among ``status_ids`` not stored, in the order given."""
+    wanted = list(dict.fromkeys(status_ids))
+    found = set(session.scalars(
+        select(CameraStatusRow.status_id).where(CameraStatusRow.status_id.in_(wanted))))
+    return [status_id for status_id in wanted if status_id not in found]
+
+
+# Blobs: verified bytes in the file store -------------------------------------------
+
+def _blob_matches(record: FileRecord, blob_md5: str | None) -> bool:
+    return blob_md5 is not None and (record.md5 is None or record.md5 == blob_md5)
+
+
+def blob_md5s(session: Session, file_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The md5 of the verified bytes held for each of ``file_ids`` that has any."""
+    file_ids = list(file_ids)
+    if not file_ids:
+        return {}
+    return dict(session.execute(select(StoredBlobRow.file_id, StoredBlobRow.md5)
+                                .where(StoredBlobRow.file_id.in_(file_ids))).all())
+
+
+def files_missing_data(session: Session, records: Sequence[FileRecord]) -> list[uuid.UUID]:
+    """Ids of the records whose verified bytes are not (or not with that md5) in the store."""
+    stored = blob_md5s(session, [record.file_id for record in records])
+    return [record.file_id for record in records
+            if not _blob_matches(record, stored.get(record.file_id))]
+
+
+def blob_md5(session: Session, file_id: uuid.UUID) -> str | None:
+    return session.scalar(select(StoredBlobRow.md5).where(StoredBlobRow.file_id == file_id))
+
+
+def record_blob(session: Session, file_id: uuid.UUID, md5: str, size: int) -> None:
+    """Note verified bytes for ``file_id``; earlier failed uploads of it are forgotten."""
+    upsert(session, StoredBlobRow,
+           dict(file_id=file_id, md5=md5, size=size, touched_at=now_ms()),
+           key=["file_id"], update_columns=["md5", "size", "touched_at"])
+    session.execute(delete(UploadFailureRow).where(UploadFailureRow.file_id == file_id))
+
+
+def _claim_blobs(session: Session, records: Sequence[FileRecord]) -> list[uuid.UUID]:
+    """Refresh the blobs ``records`` rely on, inside the storing transaction.
+
+    The update takes the rows' write locks, so the orphan sweep (which deletes only rows
+    it finds untouched) either ran before, and the claim sees the blob gone, or runs
+    after and sees it fresh. Returns the ids whose bytes turned out to be missing.
+    """
+    if not records:
+        return []
+    ids = [record.file_id for record in records]
+    session.execute(update(StoredBlobRow).where(StoredBlobRow.file_id.in_(ids))
+                    .values(touched_at=now_ms()))
+    return files_missing_data(session, records)
+
+
+def sweep_orphan_blobs(session: Session, older_than_ms: int) -> list[uuid.UUID]:
+    """Delete blob rows no file record uses, untouched since ``older_than_ms``; return their ids.
+
+    The caller removes the files from the store after committing.
+    """
+    orphan = ~exists().where(FileRecordRow.file_id == StoredBlobRow.file_id)
+    statement = (delete(StoredBlobRow)
+                 .where(StoredBlobRow.touched_at < older_than_ms, orphan)
+                 .returning(StoredBlobRow.file_id))
+    return list(session.scalars(statement))
+
+
+def known_blob_ids(session: Session, file_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    return set(session.scalars(
+        select(StoredBlobRow.file_id).where(StoredBlobRow.file_id.in_(list(file_ids)))))
+
+
+# Upload failures -------------------------------------------------------------------
+
+def note_upload_failure(session: Session, file_id: uuid.UUID, md5: str) -> None:
+    now = now_ms()
+    row = session.get(UploadFailureRow, file_id, with_for_update=True)
+    if row is None:
+        session.add(UploadFailureRow(file_id=file_id, attempts=1, first_failed_at=now,
+                                     last_failed_at=now, last_md5=md5))
+    else:
+        row.attempts += 1
+        row.last_failed_at = now
+        row.last_md5 = md5
+
+
+def recent_upload_failures(session: Session, file_id: uuid.UUID, since_ms: int) -> int:
+    row = session.get(UploadFailureRow, file_id)
+    if row is None or row.last_failed_at < since_ms:
+        return 0
+    return row.attempts
+
+
+def reset_upload_failures(session: Session, file_id: uuid.UUID) -> None:
+    session.execute(delete(UploadFailureRow).where(UploadFailureRow.file_id == file_id))
+
+
+# Model <-> rows --------------------------------------------------------------------
+
+def _meta_columns(meta: Meta, position: int) -> dict:
+    columns = dict(position=position, key=str(meta.key), value_type=meta.type)
+    if meta.type == "string":
+        columns["string_value"] = meta.value
+    elif meta.type == "number":
+        columns["number_value"] = float(meta.value)
+        columns["number_is_int"] = isinstance(meta.value, int)
+    else:
+        columns["date_value"] = meta.value
+    return columns
+
+
+def _meta_from_row(row) -> Meta:
+    key = NSString.parse(row.key)
+    if row.value_type == "string":
+        return Meta(key, "string", row.string_value)
+    if row.value_type == "number":
+        value = int(row.number_value) if row.number_is_int else row.number_value
+        return Meta(key, "number", value)
+    return Meta(key, "date", row.date_value)
+
+
+def _provenance(source: Source, received_at: int) -> dict:
+    return dict(imported_by=source.user, origin_server=source.origin_server, received_at=received_at)
+
+
+def _status_row(status: CameraStatus, source: Source, received_at: int) -> CameraStatusRow:
+    return CameraStatusRow(
+        status_id=status.status_id, camera_id=status.camera_id,
+        valid_from=status.valid_from, valid_to=status.valid_to,
+        software_version=status.software_version, lens=status.lens, sensor=status.sensor,
+        inst_url=status.inst_url, inst_name=status.inst_name,
+        latitude=status.location.lat, longitude=status.location.long,
+        gps=status.location.gps, location_error=status.location.error,
+        altitude=status.orientation.alt, azimuth=status.orientation.az,
+        orientation_error=status.orientation.error, rotation=status.orientation.rot,
+        width=status.orientation.width,
+        regions=[[{"x": point.x, "y": point.y} for point in region] for region in status.regions],
+        **_provenance(source, received_at))
+
+
+def status_from_row(row: CameraStatusRow) -> CameraStatus:
+    return CameraStatus(
+        camera_id=row.camera_id, status_id=row.status_id, valid_from=row.valid_from,
+        valid_to=row.valid_to, software_version=row.software_version, lens=row.lens,
+        sensor=row.sensor, inst_url=row.inst_url, inst_name=row.inst_name,
+        location=Location(lat=row.latitude, long=row.longitude, gps=row.gps,
+                          error=row.location_error),
+        orientation=Orientation(alt=row.altitude, az=row.azimuth, error=row.orientation_error,
+                                rot=row.rotation, width=row.width),
+        regions=[[Point(point["x"], point["y"]) for point in region] for region in row.regions])
+
+
+def _file_row(record: FileRecord, source: Source, received_at: int,
+              event_id: uuid.UUID | None = None, position: int | None = None) -> FileRecordRow:
+    return FileRecordRow(
+        file_id=record.file_id, camera_id=record.camera_id, mime_type=record.mime_type,
+        semantic_type=str(record.semantic_type), file_time=record.file_time,
+        file_size=record.file_size, status_id=record.status_id, md5=record.md5,
+        file_name=record.file_name, event_id=event_id, event_position=position,
+        **_provenance(source, received_at),
+        meta=[FileMetaRow(**_meta_columns(meta, index)) for index, meta in enumerate(record.meta)])
+
+
+def file_record_from_row(row: FileRecordRow) -> FileRecord:
+    return FileRecord(
+        file_id=row.file_id, camera_id=row.camera_id, mime_type=row.mime_type,
+        semantic_type=NSString.parse(row.semantic_type), file_time=row.file_time,
+        file_size=row.file_size, status_id=row.status_id, md5=row.md5,
+        file_name=row.file_name, meta=[_meta_from_row(meta) for meta in row.meta])
+
+
+def event_from_row(row: EventRow) -> Event:
+    return Event(
+        event_id=row.event_id, camera_id=row.camera_id, event_time=row.event_time,
+        event_type=NSString.parse(row.event_type), status_id=row.status_id,
+        files=[file_record_from_row(file_row) for file_row in row.files],
+        meta=[_meta_from_row(meta) for meta in row.meta])
+
+
+# Writes ----------------------------------------------------------------------------
+
+def insert_status(session: Session, status: CameraStatus, source: Source = LOCAL) -> None:
+    received_at = now_ms()
+    session.add(_status_row(status, source, received_at))
+    session.flush()
+    feed.record_arrival(session, "status", status.status_id, status.camera_id,
+                        status.valid_from, received_at)
+
+
+def insert_event(session: Session, event: Event, source: Source = LOCAL) -> list[uuid.UUID]:
+    """Store ``event`` with its files and meta, unless some file's bytes are missing.
+
+    Returns the ids of files whose bytes are missing (nothing is stored then).
+    """
+    missing = _claim_blobs(session, event.files)
+    if missing:
+        return missing
+    received_at = now_ms()
+    session.add(EventRow(
+        event_id=event.event_id, camera_id=event.camera_id, event_time=event.event_time,
+        event_type=str(event.event_type), status_id=event.status_id,
+        **_provenance(source, received_at),
+        meta=[EventMetaRow(**_meta_columns(meta, index)) for index, meta in enumerate(event.meta)]))
+    # The event row first: the files' foreign key points at it.
+    session.flush()
+    session.add_all([_file_row(record, source, received_at, event.event_id, position)
+                     for position, record in enumerate(event.files)])
+    session.flush()
+    # The files are part of the event's change, not changes of their own.
+    feed.record_arrival(session, "event", event.event_id, event.camera_id, event.event_time,
+                        received_at, [record.camera_id for record in event.files])
+    return []
+
+
+def insert_file_record(session: Session, record: FileRecord,
+                       source: Source = LOCAL) -> list[uuid.UUID]:
+    """Store a stand-alone file record; returns ``[file_id]`` if its bytes are missing."""
+    missing = _claim_blobs(session, [record])
+    if missing:
+        return missing
+    received_at = now_ms()
+    session.add(_file_row(record, source, received_at))
+    session.flush()
+    feed.record_arrival(session, "file", record.file_id, record.camera_id, record.file_time,
+                        received_at)
+    return []
+
+
+# Reads -----------------------------------------------------------------------------
+
+def get_status(session: Session, status_id: uuid.UUID) -> CameraStatus | None:
+    row = session.get(CameraStatusRow, status_id)
+    return None if row is None else status_from_row(row)
+
+
+def get_event(session: Session, event_id: uuid.UUID) -> Event | None:
+    row = session.get(EventRow, event_id)
+    return None if row is None else event_from_row(row)
+
+
+def get_file_record(session: Session, file_id: uuid.UUID) -> FileRecord | None:
+    row = session.get(FileRecordRow, file_id)
+    return None if row is None else file_record_from_row(row)
+
+
+def count_rows(session: Session) -> dict[str, int]:
+    """How many rows each record table holds (for tests, status pages and benchmarks)."""
+    tables = {"statuses": CameraStatusRow, "events": EventRow, "files": FileRecordRow,
+              "blobs": StoredBlobRow}
+    return {name: session.scalar(select(func.count()).select_from(table))
+            for name, table in tables.items()}

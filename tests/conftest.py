@@ -1,0 +1,256 @@
+"""Fixtures: an app per test on SQLite and on PostgreSQL, clients, users and live servers.
+
+PostgreSQL tests run against METEORPI_TEST_POSTGRES_URL (default: the local server on
+127.0.0.1:5432, user postgres, database test), in a database of their own that this
+session creates and drops; nothing else on that server is touched. If the server is not
+reachable the PostgreSQL tests are skipped and the run says so, unless
+METEORPI_REQUIRE_POSTGRES=1 (as in CI), which makes that an error.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from werkzeug.security import generate_password_hash
+from werkzeug.serving import make_server
+
+from meteorpi_server import create_app
+from meteorpi_server.config import Config
+from meteorpi_server.db import Database
+from meteorpi_server.orm import Base, UserRoleRow, UserRow
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+POSTGRES_URL = os.environ.get("METEORPI_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+REQUIRE_POSTGRES = os.environ.get("METEORPI_REQUIRE_POSTGRES", "") not in ("", "0")
+PASSWORD = "correct horse battery staple"
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+
+
+def _postgres_problem() -> str | None:
+    try:
+        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as error:  # any failure to connect means "not reachable"
+        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    return None
+
+
+def pytest_report_header(config):
+    problem = _postgres_problem()
+    config.stash[_postgres_key] = problem
+    safe = make_url(POSTGRES_URL).render_as_string(hide_password=True)
+    if problem is None:
+        return f"PostgreSQL: testing against {safe}"
+    if REQUIRE_POSTGRES:
+        return f"PostgreSQL: REQUIRED but not reachable at {safe} ({problem})"
+    return f"PostgreSQL: not reachable at {safe} ({problem}); PostgreSQL tests are SKIPPED"
+
+
+_postgres_key = pytest.StashKey[str | None]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    problem = config.stash.get(_postgres_key, None)
+    if problem is not None and not REQUIRE_POSTGRES:
+        terminalreporter.write_line(
+            "NOTE: PostgreSQL was not reachable, so every PostgreSQL variant was skipped. "
+            "Set METEORPI_TEST_POSTGRES_URL to a server where this user may create databases.",
+            yellow=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_database(pytestconfig):
+    """A fresh, migrated PostgreSQL database for this session, dropped at the end."""
+    problem = pytestconfig.stash.get(_postgres_key, None)
+    if problem is not None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required (METEORPI_REQUIRE_POSTGRES) but not reachable: {problem}")
+        pytest.skip(f"PostgreSQL not reachable: {problem}")
+    name = f"meteorpi_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    database = Database(url)
+    database.upgrade()
+    database.dispose()
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """A migrated SQLite database file that each test copies (migrating is slower)."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    database = Database(f"sqlite:///{path}")
+    database.upgrade()
+    database.dispose()
+    return path
+
+
+# Rows the migrations create belong to the schema, not to a test.
+KEEP_TABLES = {"server_info"}
+
+
+def _empty_tables(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        names = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables
+                          if table.name not in KEEP_TABLES)
+        connection.execute(text(f"TRUNCATE {names} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """An empty, migrated database: each test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "meteorpi.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_database")
+    _empty_tables(url)
+    return url
+
+
+@pytest.fixture
+def settings(database_url, tmp_path) -> dict:
+    """Settings for a test app; tests change entries before asking for ``app``."""
+    return {"database_url": database_url, "file_store": str(tmp_path / "files"),
+            "log_level": "debug"}
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(Config.from_mapping(settings))
+    yield app
+    app.extensions["meteorpi"].database.dispose()
+
+
+@pytest.fixture
+def services(app):
+    return app.extensions["meteorpi"]
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    # Hashing once per session keeps user set-up cheap; checking still uses the real hash.
+    return generate_password_hash(PASSWORD)
+
+
+@pytest.fixture
+def make_user(services, password_hash):
+    """Create a user with the given roles and the password PASSWORD; returns Basic auth."""
+
+    def make(name: str, *roles: str) -> tuple[str, str]:
+        with services.database.write() as session:
+            session.add(UserRow(name=name, password_hash=password_hash, created_at=0,
+                                roles=[UserRoleRow(role=role) for role in roles]))
+        return (name, PASSWORD)
+
+    return make
+
+
+@pytest.fixture
+def exporter_auth(make_user) -> tuple[str, str]:
+    return make_user("node1", "import")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(app):
+    """The test app on a real socket (threaded werkzeug server); yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)
+
+
+class GunicornProcess:
+    """``meteorpi serve`` in a subprocess, as an operator runs it."""
+
+    def __init__(self, config_file: Path, port: int, workers: int = 2):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = config_file.with_suffix(".log")
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "meteorpi_server", "--config", str(config_file), "serve",
+             "--port", str(port), "--workers", str(workers)],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()}")
+            try:
+                requests.get(f"{self.url}/health", timeout=5)
+                return
+            except requests.RequestException:  # not listening yet, or slow on a busy machine
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start: {self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL the master and its workers at once, like a crash or a power cut."""
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def gunicorn_server(settings, tmp_path, app, make_user):
+    """Start ``meteorpi serve`` with the test's settings; call with the worker count."""
+    import yaml
+
+    started = []
+
+    def start(workers: int = 2) -> GunicornProcess:
+        config_file = tmp_path / f"server{len(started)}.yaml"
+        config_file.write_text(yaml.safe_dump({**settings, "log_level": "warning"}))
+        server = GunicornProcess(config_file, free_port(), workers)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,140 @@
+"""Authentication and roles: every write route is protected; password checks are cached safely."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from meteorpi_server import auth as auth_module
+from meteorpi_server.auth import VerificationCache
+
+READ_ONLY = {"GET", "HEAD", "OPTIONS"}
+# Routes that are deliberately open to anyone (read-only ones only).
+PUBLIC_ROUTES = {"/health"}
+
+
+def write_routes(app):
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        for method in sorted((rule.methods or set()) - READ_ONLY):
+            values = {name: uuid.uuid4().hex for name in rule.arguments}
+            yield method, rule.rule, rule.build(values)[1]
+
+
+def test_the_app_has_write_routes_to_check(app):
+    assert {rule for _, rule, _ in write_routes(app)} >= {
+        "/import", "/import/data/<file_id>/<md5>"}
+
+
+def test_every_write_route_refuses_requests_without_credentials(app, client):
+    for method, rule, url in write_routes(app):
+        response = client.open(url, method=method, json={})
+        assert response.status_code == 401, f"{method} {rule} answered without credentials"
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+        assert response.get_json()["error"] == "unauthorized"
+
+
+def test_every_write_route_refuses_a_user_without_a_role(app, client, make_user):
+    nobody = make_user("nobody")
+    for method, rule, url in write_routes(app):
+        response = client.open(url, method=method, json={}, auth=nobody)
+        assert response.status_code == 403, f"{method} {rule} answered a user with no roles"
+
+
+def test_only_known_public_routes_answer_without_credentials(app, client):
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or not (rule.methods or set()) & {"GET"}:
+            continue
+        if rule.rule in PUBLIC_ROUTES:
+            continue
+        url = rule.build({name: uuid.uuid4().hex for name in rule.arguments})[1]
+        assert client.get(url).status_code in (401, 404), f"GET {rule.rule} is open"
+
+
+@pytest.mark.parametrize("credentials", [("node1", "wrong password"), ("ghost", "whatever"), ("", "")])
+def test_wrong_credentials_are_a_401(client, exporter_auth, credentials):
+    response = client.post("/import", json={}, auth=credentials)
+    assert response.status_code == 401
+
+
+def test_the_import_role_is_needed_to_import(client, make_user):
+    viewer = make_user("viewer", "user", "camera_admin")
+    assert client.post("/import", json={}, auth=viewer).status_code == 403
+
+
+class CountingChecks:
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = auth_module.check_password_hash
+
+        def counting(password_hash, password):
+            self.calls += 1
+            return real(password_hash, password)
+
+        monkeypatch.setattr(auth_module, "check_password_hash", counting)
+
+
+def cached_entity_request(client, credentials):
+    return client.post("/import", json={"type": "cached_entity", "cached_entity_id": uuid.uuid4().hex},
+                       auth=credentials)
+
+
+def test_a_successful_password_check_is_remembered(client, exporter_auth, monkeypatch):
+    checks = CountingChecks(monkeypatch)
+    for _ in range(5):
+        assert cached_entity_request(client, exporter_auth).status_code == 200
+    assert checks.calls == 1
+
+
+def test_a_failed_password_check_is_not_remembered(client, exporter_auth, monkeypatch):
+    checks = CountingChecks(monkeypatch)
+    for _ in range(3):
+        assert cached_entity_request(client, ("node1", "wrong")).status_code == 401
+    assert checks.calls == 3
+
+
+def test_a_password_change_makes_the_old_password_fail_at_once(client, services, exporter_auth):
+    assert cached_entity_request(client, exporter_auth).status_code == 200
+    services.users.set_password("node1", "a new password")
+    assert cached_entity_request(client, exporter_auth).status_code == 401
+    assert cached_entity_request(client, ("node1", "a new password")).status_code == 200
+
+
+def test_a_role_change_applies_at_once(client, services, exporter_auth):
+    assert cached_entity_request(client, exporter_auth).status_code == 200
+    services.users.set_roles("node1", ["user"])
+    assert cached_entity_request(client, exporter_auth).status_code == 403
+
+
+def test_a_removed_user_is_refused_at_once(client, services, exporter_auth):
+    assert cached_entity_request(client, exporter_auth).status_code == 200
+    services.users.remove("node1")
+    assert cached_entity_request(client, exporter_auth).status_code == 401
+
+
+def test_the_verification_cache_is_bounded():
+    cache = VerificationCache(max_entries=3, lifetime_seconds=60)
+    for index in range(10):
+        cache.add(f"user{index}", "hash", "password")
+    assert len(cache) == 3
+    assert cache.contains("user9", "hash", "password")
+    assert not cache.contains("user0", "hash", "password")
+
+
+def test_a_remembered_check_expires():
+    cache = VerificationCache(max_entries=3, lifetime_seconds=-1)
+    cache.add("user", "hash", "password")
+    assert not cache.contains("user", "hash", "password")
+
+
+def test_a_cache_of_size_zero_remembers_nothing():
+    cache = VerificationCache(max_entries=0, lifetime_seconds=60)
+    cache.add("user", "hash", "password")
+    assert not cache.contains("user", "hash", "password")
+
+
+def test_the_cache_never_holds_a_password():
+    cache = VerificationCache(max_entries=3, lifetime_seconds=60)
+    cache.add("user", "hash", "hunter2")
+    assert not any(b"hunter2" in key for key in cache._entries)

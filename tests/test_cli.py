@@ -1,0 +1,130 @@
+"""The meteorpi command, as an operator scripts it."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import requests
+import yaml
+from click.testing import CliRunner
+
+from meteorpi_server.cli import ensure_first_user, main
+
+
+@pytest.fixture
+def config_file(tmp_path, database_url):
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump({"database_url": database_url,
+                                    "file_store": str(tmp_path / "files")}))
+    return path
+
+
+def meteorpi(config_file, *args, input=None):
+    return CliRunner().invoke(main, ["--config", str(config_file), *args], input=input,
+                              catch_exceptions=False)
+
+
+def test_db_upgrade_creates_the_schema_then_has_nothing_to_do(tmp_path):
+    path = tmp_path / "fresh.yaml"
+    path.write_text(yaml.safe_dump({"database_url": f"sqlite:///{tmp_path}/new/fresh.db"}))
+    first = meteorpi(path, "db", "upgrade")
+    assert first.exit_code == 0 and "(was None)" in first.output
+    second = meteorpi(path, "db", "upgrade")
+    assert second.exit_code == 0 and "was" not in second.output
+
+
+def test_commands_on_a_database_without_schema_say_to_upgrade(tmp_path):
+    path = tmp_path / "fresh.yaml"
+    path.write_text(yaml.safe_dump({"database_url": f"sqlite:///{tmp_path}/fresh.db"}))
+    result = meteorpi(path, "users", "list")
+    assert result.exit_code == 1
+    assert "run 'meteorpi db upgrade'" in result.output
+
+
+def test_users_can_be_added_listed_changed_and_removed(config_file):
+    added = meteorpi(config_file, "users", "add", "node7", "--role", "import", "--role", "user",
+                     "--password-stdin", input="s3cret\n")
+    assert added.exit_code == 0, added.output
+    assert meteorpi(config_file, "users", "list").output == "node7\timport,user\n"
+    assert meteorpi(config_file, "users", "roles", "node7", "--role", "camera_admin").exit_code == 0
+    assert meteorpi(config_file, "users", "list").output == "node7\tcamera_admin\n"
+    assert meteorpi(config_file, "users", "passwd", "node7", "--password-stdin", input="new\n").exit_code == 0
+    assert meteorpi(config_file, "users", "remove", "node7").exit_code == 0
+    assert meteorpi(config_file, "users", "list").output == ""
+
+
+@pytest.mark.parametrize("args, stdin, exit_code, message", [
+    (["users", "add", "x", "--role", "superuser", "--password-stdin"], "pw\n", 2, "superuser"),
+    (["users", "add", "x", "--password-stdin"], "\n", 2, "no password on standard input"),
+    (["users", "add", "x"], "", 2, "--password-stdin"),
+    (["users", "remove", "ghost"], None, 1, "no user named ghost"),
+    (["users", "add", "a:b", "--password-stdin"], "pw\n", 1, "without ':'"),
+])
+def test_user_commands_explain_their_errors(config_file, args, stdin, exit_code, message):
+    result = meteorpi(config_file, *args, input=stdin)
+    assert result.exit_code == exit_code
+    assert message in result.output
+
+
+def test_adding_an_existing_user_is_refused(config_file):
+    meteorpi(config_file, "users", "add", "x", "--password-stdin", input="pw\n")
+    result = meteorpi(config_file, "users", "add", "x", "--password-stdin", input="pw\n")
+    assert result.exit_code == 1 and "already exists" in result.output
+
+
+def test_a_bad_configuration_file_is_one_clear_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("prot: 1\n")
+    result = meteorpi(path, "users", "list")
+    assert result.exit_code == 1
+    assert "unknown setting(s) prot" in result.output
+
+
+def test_the_first_user_is_created_only_once(services):
+    password = ensure_first_user(services.users)
+    assert password and len(password) >= 20
+    assert services.users.authenticate("admin", password).roles == {"user", "camera_admin", "import"}
+    assert ensure_first_user(services.users) is None
+
+
+@pytest.mark.slow
+def test_serve_tells_the_first_password_once_and_it_works(tmp_path):
+    from conftest import free_port
+
+    config = tmp_path / "server.yaml"
+    config.write_text(yaml.safe_dump({"database_url": f"sqlite:///{tmp_path}/db.sqlite",
+                                      "file_store": str(tmp_path / "files")}))
+    command = [sys.executable, "-m", "meteorpi_server", "--config", str(config)]
+    subprocess.run(command + ["db", "upgrade"], check=True, capture_output=True)
+
+    def start_and_read_banner() -> str:
+        port = free_port()
+        process = subprocess.Popen(command + ["serve", "--port", str(port), "--workers", "1"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            if "serving on" in line:
+                break
+        banner = "".join(output)
+        password = re.search(r"Password: (\S+)", banner)
+        if password:
+            for _ in range(100):
+                try:
+                    response = requests.post(f"http://127.0.0.1:{port}/import", auth=("admin", password[1]),
+                                             json={"type": "cached_entity", "cached_entity_id": "0" * 32})
+                    break
+                except requests.ConnectionError:
+                    import time
+                    time.sleep(0.1)
+            assert response.json() == {"state": "continue-nocache"}
+        process.terminate()
+        process.wait(20)
+        return banner
+
+    first = start_and_read_banner()
+    assert "created user 'admin'" in first and "shown only this once" in first
+    second = start_and_read_banner()
+    assert "Password:" not in second

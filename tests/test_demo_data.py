@@ -1,0 +1,137 @@
+"""``meteorpi demo-data`` and the Recorder it writes through, as a camera node would."""
+from __future__ import annotations
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+import factories
+from meteorpi_model import md5_bytes
+from meteorpi_server import store
+from meteorpi_server.cli import main
+from meteorpi_server.demo import parse_size
+from meteorpi_server.orm import CameraStatusRow, EventMetaRow, EventRow, FileMetaRow, FileRecordRow
+from meteorpi_server.recording import Recorder, RecordingError
+
+
+@pytest.fixture
+def config_file(tmp_path, settings):
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_demo_data_records_what_it_was_asked_for(config_file, services):
+    result = CliRunner().invoke(main, [
+        "--config", str(config_file), "demo-data", "--cameras", "2", "--nights", "3",
+        "--events-per-night", "4", "--files-per-event", "3", "--standalone-files", "2",
+        "--file-size", "3KiB", "--first-night", "2026-11-01"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    # Each camera is re-aimed at midnight on the third night: one more status each.
+    assert "recorded 8 statuses, 24 events with 72 files, 12 stand-alone files (252.0 KiB)" in result.output
+    with services.database.read() as session:
+        assert store.count_rows(session) == {"statuses": 8, "events": 24, "files": 84, "blobs": 84}
+        sizes = set(session.scalars(select(FileRecordRow.file_size)))
+        meta_types = set(session.scalars(select(EventMetaRow.value_type))) | set(
+            session.scalars(select(FileMetaRow.value_type)))
+        provenance = session.execute(select(EventRow.imported_by, EventRow.origin_server)).all()
+    assert sizes == {3 * 1024}
+    assert meta_types == {"string", "number", "date"}
+    assert set(provenance) == {(None, None)}, "demo data is the node's own"
+
+
+def test_statuses_change_over_time_and_cover_their_records(config_file, services):
+    CliRunner().invoke(main, ["--config", str(config_file), "demo-data", "--cameras", "1",
+                              "--nights", "3", "--events-per-night", "5", "--file-size", "100"])
+    with services.database.read() as session:
+        statuses = [store.status_from_row(row) for row in session.scalars(
+            select(CameraStatusRow).order_by(CameraStatusRow.valid_from))]
+        events = [store.event_from_row(row) for row in session.scalars(select(EventRow))]
+    assert len(statuses) == 4
+    for earlier, later in zip(statuses, statuses[1:]):
+        assert earlier.valid_to == later.valid_from
+        assert earlier.orientation != later.orientation
+    assert statuses[-1].valid_to is None, "the camera's current status is open-ended"
+    by_id = {status.status_id: status for status in statuses}
+    for event in events:
+        status = by_id[event.status_id]
+        assert status.valid_from <= event.event_time < (status.valid_to or 2**53)
+
+
+def test_the_file_bytes_are_stored_and_verified(config_file, services):
+    CliRunner().invoke(main, ["--config", str(config_file), "demo-data", "--cameras", "1",
+                              "--events-per-night", "2", "--file-size", "5000"])
+    with services.database.read() as session:
+        records = [store.file_record_from_row(row) for row in session.scalars(select(FileRecordRow))]
+    for record in records:
+        data = services.files.path_for(record.file_id).read_bytes()
+        assert len(data) == 5000 and md5_bytes(data) == record.md5
+        assert data.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("text, size", [("2048", 2048), ("64k", 65536), ("64KiB", 65536),
+                                        ("1.5MiB", 1572864), ("1G", 1 << 30), (" 3 kb ", 3072)])
+def test_sizes_are_read_as_people_write_them(text, size):
+    assert parse_size(text) == size
+
+
+def test_a_size_that_is_not_one_is_a_usage_error(config_file):
+    result = CliRunner().invoke(main, ["--config", str(config_file), "demo-data", "--file-size", "big"])
+    assert result.exit_code == 2 and "64KiB" in result.output
+
+
+# The Recorder -------------------------------------------------------------------------------
+
+@pytest.fixture
+def recorder(services):
+    return Recorder(services.database, services.files)
+
+
+def test_a_record_needs_its_status_first(recorder, tmp_path):
+    owner = factories.status()
+    path = tmp_path / "frame.png"
+    path.write_bytes(b"pixels")
+    record = factories.file_record(owner, b"pixels")
+    with pytest.raises(RecordingError, match="record the camera's status before"):
+        recorder.record_file(record, path)
+
+
+def test_bytes_that_do_not_match_the_md5_are_refused(recorder, services, tmp_path):
+    owner = factories.status()
+    recorder.record_status(owner)
+    path = tmp_path / "frame.png"
+    path.write_bytes(b"other pixels")
+    record = factories.file_record(owner, b"pixels")
+    with pytest.raises(RecordingError, match="md5"):
+        recorder.record_file(record, path)
+    with services.database.read() as session:
+        assert session.scalar(select(func.count()).select_from(FileRecordRow)) == 0
+
+
+def test_a_missing_md5_is_computed(recorder, services, tmp_path):
+    owner = factories.status()
+    recorder.record_status(owner)
+    path = tmp_path / "frame.png"
+    path.write_bytes(b"pixels")
+    stored = recorder.record_file(factories.file_record(owner, b"pixels", md5=None), path)
+    assert stored.md5 == md5_bytes(b"pixels")
+
+
+def test_an_event_is_recorded_whole_or_not_at_all(recorder, services, tmp_path):
+    owner = factories.status()
+    recorder.record_status(owner)
+    files = [factories.file_record(owner, b"a"), factories.file_record(owner, b"b")]
+    event = factories.event(owner, files)
+    (tmp_path / "a").write_bytes(b"a")
+    with pytest.raises(RecordingError, match="no bytes given"):
+        recorder.record_event(event, {files[0].file_id: tmp_path / "a"})
+    (tmp_path / "b").write_bytes(b"b")
+    recorder.record_event(event, {files[0].file_id: tmp_path / "a", files[1].file_id: tmp_path / "b"})
+    with services.database.read() as session:
+        assert store.get_event(session, event.event_id) == event
+    with pytest.raises(RecordingError, match="already recorded"):
+        recorder.record_event(event, {files[0].file_id: tmp_path / "a",
+                                      files[1].file_id: tmp_path / "b"})
+    with pytest.raises(RecordingError, match="already recorded"):
+        recorder.record_status(owner)

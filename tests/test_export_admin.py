@@ -1,0 +1,255 @@
+"""Managing export configurations: the ``meteorpi export`` commands and the /exports API.
+
+The target password goes in and is used, but never comes out: not printed, not logged,
+not returned.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from meteorpi_server.cli import main
+from meteorpi_server.exporter import configs
+
+SECRET = "s3cret-target-password"
+
+
+@pytest.fixture
+def config_file(tmp_path, database_url):
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump({"database_url": database_url,
+                                    "file_store": str(tmp_path / "files")}))
+    return path
+
+
+def meteorpi(config_file, *args, input=None):
+    return CliRunner().invoke(main, ["--config", str(config_file), *args], input=input,
+                              catch_exceptions=False)
+
+
+def add(config_file, name="central", *extra, target="https://central.example.org/import"):
+    return meteorpi(config_file, "export", "add", name, "--target", target, "--user", "node-7",
+                    "--password-stdin", *extra, input=SECRET + "\n")
+
+
+def stored(services, name="central"):
+    with services.database.read() as session:
+        return configs.get(session, name)
+
+
+# The command ------------------------------------------------------------------------------
+
+def test_export_add_as_operators_script_it(config_file, services):
+    result = add(config_file, "central", "--events", "--camera", "cam-1", "--camera", "cam-2",
+                 "--after", "2026-11-01", "--event-type", "meteorpi:meteor",
+                 "--description", "to the university")
+    assert result.exit_code == 0, result.output
+    assert "added export central: events to https://central.example.org/import" in result.output
+    view = stored(services)
+    configuration = view.configuration
+    assert configuration.enabled and configuration.type == "event"
+    assert configuration.password == SECRET and configuration.user_id == "node-7"
+    assert configuration.search.camera_ids == ["cam-1", "cam-2"]
+    assert configuration.search.after == 1_793_491_200_000  # 2026-11-01T00:00:00Z
+    assert str(configuration.search.event_type) == "meteorpi:meteor"
+    assert configuration.description == "to the university"
+
+
+def test_stand_alone_files_and_added_disabled(config_file, services):
+    result = add(config_file, "frames", "--files", "--semantic-type", "meteorpi:timelapse",
+                 "--mime-type", "image/png", "--disabled")
+    assert result.exit_code == 0, result.output
+    configuration = stored(services, "frames").configuration
+    assert configuration.type == "file" and not configuration.enabled
+    assert configuration.search.mime_type == "image/png"
+
+
+def test_list_show_enable_disable_status_and_remove(config_file, services):
+    add(config_file, "central", "--events")
+    add(config_file, "frames", "--files")
+    listing = meteorpi(config_file, "export", "list").output
+    assert listing.splitlines()[0].startswith("central\tenabled\tevents\thttps://central")
+    assert listing.splitlines()[1].startswith("frames\tenabled\tfiles")
+    assert meteorpi(config_file, "export", "disable", "central").output == "disabled export central\n"
+    shown = meteorpi(config_file, "export", "show", "central").output
+    assert "state:" in shown and "disabled" in shown and "(set)" in shown
+    assert "disabled by an administrator" in shown
+    assert meteorpi(config_file, "export", "enable", "central").exit_code == 0
+    assert stored(services).configuration.enabled
+    status = meteorpi(config_file, "export", "status").output
+    assert "central -> https://central.example.org/import" in status
+    assert "not counted yet" in status and "last success: never" in status
+    assert meteorpi(config_file, "export", "remove", "frames").exit_code == 0
+    assert meteorpi(config_file, "export", "list").output.count("\n") == 1
+
+
+def test_the_password_is_never_printed(config_file):
+    outputs = [add(config_file, "central", "--events").output]
+    for command in (["list"], ["show", "central"], ["status"], ["disable", "central"],
+                    ["enable", "central"]):
+        outputs.append(meteorpi(config_file, "export", *command).output)
+    assert all(SECRET not in output for output in outputs)
+
+
+@pytest.mark.parametrize("extra, target, message", [
+    ([], "https://c.example.org/import", "--events or --files"),
+    (["--events", "--mime-type", "image/png"], "https://c.example.org/import",
+     "--mime-type selects files"),
+    (["--files", "--event-type", "meteorpi:meteor"], "https://c.example.org/import",
+     "--event-type selects events"),
+    (["--events"], "ftp://c.example.org/import", "target_url: must be an http:// or https:// URL"),
+    (["--events"], "https://node:pw@c.example.org/import", "must not contain a user or password"),
+    (["--events", "--camera", ""], "https://c.example.org/import", "camera_ids[0]"),
+    (["--events", "--after", "last tuesday"], "https://c.example.org/import", "ISO 8601"),
+    (["--events", "--search", "{not json"], "https://c.example.org/import", "not valid JSON"),
+    (["--events", "--search", '{"lat_min": 100}'], "https://c.example.org/import",
+     "search.lat_min: must be between -90 and 90"),
+])
+def test_bad_export_add_says_what_is_wrong(config_file, extra, target, message):
+    result = add(config_file, "central", *extra, target=target)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert SECRET not in result.output
+
+
+def test_names_are_unique_and_plain(config_file):
+    assert add(config_file, "central", "--events").exit_code == 0
+    again = add(config_file, "central", "--events")
+    assert again.exit_code == 1 and "already exists" in again.output
+    slash = add(config_file, "a/b", "--events")
+    assert slash.exit_code == 1 and "name: must be 1-255 letters" in slash.output
+
+
+def test_commands_on_an_unknown_name_say_how_to_find_names(config_file):
+    for command in ("show", "enable", "disable", "remove", "retry"):
+        result = meteorpi(config_file, "export", command, "nope")
+        assert result.exit_code == 1
+        assert "no export configuration named 'nope'" in result.output
+        assert "meteorpi export list" in result.output
+
+
+def test_run_once_with_nothing_configured_says_so(config_file):
+    result = meteorpi(config_file, "export", "run", "--once")
+    assert result.exit_code == 0
+    assert "no enabled export configuration" in result.output
+
+
+def test_a_missing_ca_bundle_is_a_clear_configuration_error(tmp_path, database_url):
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump({"database_url": database_url,
+                                    "export_ca_bundle": str(tmp_path / "missing.pem")}))
+    result = meteorpi(path, "export", "run", "--once")
+    assert result.exit_code == 1
+    assert "export_ca_bundle" in result.output and "does not exist" in result.output
+
+
+# The API ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def admin(make_user):
+    return make_user("operator", "camera_admin")
+
+
+def new_export(name="central", **changes):
+    document = {"type": "event", "name": name, "target_url": "https://central.example.org/import",
+                "user_id": "node-7", "password": SECRET, "search": {"camera_ids": ["cam-1"]}}
+    document.update(changes)
+    return document
+
+
+def test_the_api_adds_lists_shows_changes_and_removes(client, admin, services):
+    created = client.post("/exports", json=new_export(description="night sky"), auth=admin)
+    assert created.status_code == 201, created.json
+    assert created.headers["Location"].endswith("/exports/central")
+    assert created.json["name"] == "central" and created.json["password_set"] is True
+    assert created.json["tasks"] == {"pending": 0, "done": 0, "failed": 0}
+    assert [export["name"] for export in client.get("/exports", auth=admin).json["exports"]] == ["central"]
+    shown = client.get("/exports/central", auth=admin).json
+    assert shown["search"]["camera_ids"] == ["cam-1"] and shown["recent_task_errors"] == []
+    changed = client.patch("/exports/central", json={"enabled": False, "password": "new"}, auth=admin)
+    assert changed.status_code == 200 and changed.json["enabled"] is False
+    assert stored(services).configuration.password == "new"
+    assert client.post("/exports/central/retry", auth=admin).json == {"requeued": 0}
+    assert client.delete("/exports/central", auth=admin).status_code == 204
+    assert client.get("/exports/central", auth=admin).status_code == 404
+
+
+def test_the_api_never_returns_the_password(client, admin):
+    replies = [client.post("/exports", json=new_export(), auth=admin),
+               client.get("/exports", auth=admin), client.get("/exports/central", auth=admin),
+               client.patch("/exports/central", json={"description": "x"}, auth=admin)]
+    for reply in replies:
+        assert SECRET not in reply.get_data(as_text=True)
+        assert "password" not in (reply.json.get("exports", [reply.json])[0])
+
+
+def test_the_api_needs_the_camera_admin_role(client, make_user):
+    importer = make_user("node", "import")
+    assert client.get("/exports").status_code == 401
+    assert client.get("/exports", auth=importer).status_code == 403
+    assert client.post("/exports", json=new_export(), auth=importer).status_code == 403
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"{not json", None),
+    (b"[1, 2]", None),
+    (b'{"name": "x"}', "type"),
+])
+def test_bodies_that_are_not_a_configuration_are_400(client, admin, body, field):
+    reply = client.post("/exports", data=body, content_type="application/json", auth=admin)
+    assert reply.status_code == 400 and reply.json["message"]
+    assert reply.json.get("field") == field
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"target_url": "gopher://central.example.org/import"}, "target_url"),
+    ({"search": {"lat_min": -91}}, "search.lat_min"),
+    ({"name": "has/slash"}, "name"),
+    ({"enabled": "yes"}, "enabled"),
+    ({"config_id": "not-a-uuid"}, "config_id"),
+    ({"type": "camera"}, "type"),
+])
+def test_bad_configurations_are_400_naming_the_field(client, admin, changes, field):
+    reply = client.post("/exports", json=new_export(**changes), auth=admin)
+    assert reply.status_code == 400 and reply.json["message"]
+    assert reply.json["field"] == field
+
+
+def test_a_duplicate_name_is_a_conflict(client, admin):
+    assert client.post("/exports", json=new_export(), auth=admin).status_code == 201
+    reply = client.post("/exports", json=new_export(), auth=admin)
+    assert reply.status_code == 409 and "already exists" in reply.json["message"]
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"name": "renamed"}, "name"),
+    ({"enabled": "no"}, "enabled"),
+    ({"password": 7}, "password"),
+    ({"target_url": "https://u:p@x.example.org/import"}, "target_url"),
+])
+def test_bad_changes_are_clear_4xx(client, admin, changes, field):
+    client.post("/exports", json=new_export(), auth=admin)
+    reply = client.patch("/exports/central", json=changes, auth=admin)
+    assert reply.status_code == 400 and reply.json["field"] == field
+
+
+def test_unknown_configurations_are_404(client, admin):
+    for method, path in (("get", "/exports/nope"), ("patch", "/exports/nope"),
+                         ("delete", "/exports/nope"), ("post", "/exports/nope/retry")):
+        reply = getattr(client, method)(path, json={}, auth=admin)
+        assert reply.status_code == 404 and "nope" in reply.json["message"]
+
+
+# Logs ----------------------------------------------------------------------------------------
+
+def test_the_exporter_never_logs_the_password(client, admin, services, live_server, caplog):
+    from meteorpi_server.exporter.runner import Exporter, ExporterSettings
+
+    client.post("/exports", json=new_export(target_url=f"{live_server}/import"), auth=admin)
+    caplog.set_level(logging.DEBUG)
+    Exporter(services.database, services.files, ExporterSettings()).run_once()
+    assert "central" in caplog.text
+    assert SECRET not in caplog.text

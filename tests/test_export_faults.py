@@ -1,0 +1,266 @@
+"""Targets that fail: the exporter backs off, records why, disables when told to, and its
+task state stays true whatever the target does."""
+from __future__ import annotations
+
+import datetime
+import random
+import socket
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import select
+from werkzeug.wrappers import Request, Response
+
+from conftest import PASSWORD
+from export_nodes import (EXPORT_USER, extra_postgres_databases, faulty_target,  # noqa: F401
+                          make_node, node_database, record_ids)
+from meteorpi_model import EventSearch, ExportConfiguration
+from meteorpi_server import store
+from meteorpi_server.demo import DemoPlan, generate
+from meteorpi_server.exporter import configs, report, tasks
+from meteorpi_server.exporter.tasks import Backoff
+from meteorpi_server.orm import ExportTaskRow
+
+SMALL_NIGHT = DemoPlan(cameras=2, nights=1, events_per_night=3, files_per_event=2,
+                       standalone_files=0, file_size=500, first_night=datetime.date(2026, 11, 1))
+
+
+def add_export(node, import_url: str, name: str = "central") -> None:
+    configuration = ExportConfiguration(config_id=uuid.uuid4(), name=name, target_url=import_url,
+                                        user_id=EXPORT_USER, password=PASSWORD, search=EventSearch())
+    with node.services.database.write() as session:
+        configs.add(session, configuration)
+
+
+def status_of(node, name: str = "central") -> report.ConfigStatus:
+    with node.services.database.read() as session:
+        return report.gather(session, name)[0]
+
+
+@pytest.fixture
+def source(make_node):
+    node = make_node("source")
+    generate(node.recorder, SMALL_NIGHT)
+    return node
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("garbage", "unexpected reply"),
+    ("error", "answered 500"),
+    ("slow", "timed out"),
+    ("close", "Connection"),
+])
+def test_a_failing_target_defers_its_configuration_and_says_why(source, faulty_target, mode, reason):
+    target = faulty_target(mode)
+    add_export(source, target.import_url)
+    summary = source.exporter(read_timeout=0.5, backoff=Backoff(60_000, 600_000)).run_once()
+    assert summary.targets["central"].target_failures == 1
+    status = status_of(source)
+    assert reason in status.view.last_error
+    assert status.view.state() == "backing off"
+    assert status.view.consecutive_failures == 1
+    # No task was charged: the entities are as ready to go as before.
+    assert (status.done, status.failed) == (0, 0)
+    with source.services.database.read() as session:
+        assert all(task.attempts == 0 for task in tasks.due_tasks(session, status.view.config_id, 100))
+    # Backing off: another run leaves the target alone.
+    requests_so_far = target.requests
+    assert source.exporter().run_once().targets["central"].skipped == "backing off"
+    assert target.requests == requests_so_far
+
+
+def test_failures_in_a_row_disable_the_configuration_with_the_reason(source, faulty_target):
+    target = faulty_target("error")
+    add_export(source, target.import_url)
+    exporter = source.exporter(max_failures=3, backoff=Backoff(1, 1))
+    for _ in range(3):
+        with source.services.database.write() as session:
+            configs.get_row(session, "central").next_attempt_at = 0
+        exporter.run_once()
+    status = status_of(source)
+    assert status.view.state() == "disabled"
+    assert "after 3 failures in a row" in status.view.disabled_reason
+    assert "answered 500" in status.view.disabled_reason
+    assert source.exporter().run_once().targets == {}
+
+
+def test_a_success_resets_the_failure_count(source, make_node):
+    target = make_node("central", 0).serve()
+    add_export(source, target.import_url)
+    with source.services.database.write() as session:
+        row = configs.get_row(session, "central")
+        row.consecutive_failures, row.last_error = 3, "earlier trouble"
+    source.exporter().run_once()
+    status = status_of(source)
+    assert status.view.consecutive_failures == 0
+    assert status.view.last_success_at is not None
+    assert status.view.state() == "enabled"
+
+
+@pytest.mark.slow
+def test_a_flaky_target_gets_everything_exactly_once_in_the_end(source, make_node):
+    # One request in four, at random (but the same every run), fails: a 503, garbage, or a
+    # connection closed without a reply.
+    target = make_node("central", 0)
+    faults = random.Random(20261122)
+    lock = threading.Lock()
+
+    def flaky(app):
+        def wsgi(environ, start_response):
+            with lock:
+                fault = faults.randrange(12)
+            if fault == 0:
+                return Response("overloaded", 503)(environ, start_response)
+            if fault == 1:
+                return Response("<html>proxy error</html>", 200)(environ, start_response)
+            if fault == 2:
+                environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+                start_response("200 OK", [])
+                return [b""]
+            return app(environ, start_response)
+        return wsgi
+
+    target.serve(flaky)
+    add_export(source, target.import_url)
+    exporter = source.exporter(max_failures=0, backoff=Backoff(1, 1))
+    for _ in range(300):
+        exporter.run_once()
+        if status_of(source).pending == 0:
+            break
+    status = status_of(source)
+    assert (status.pending, status.failed) == (0, 0)
+    assert status.done == len(record_ids(source)["events"])
+    assert record_ids(target)["events"] == record_ids(source)["events"]
+    assert_same_records_for_events(source, target)
+
+
+def assert_same_records_for_events(source, target) -> None:
+    with source.services.database.read() as mine, target.services.database.read() as theirs:
+        for event_id in record_ids(source)["events"]:
+            event = store.get_event(mine, event_id)
+            assert store.get_event(theirs, event_id) == event
+            for record in event.files:
+                assert (target.services.files.path_for(record.file_id).read_bytes()
+                        == source.services.files.path_for(record.file_id).read_bytes())
+
+
+def refusing(camera_id: str):
+    """A target that answers 'failed' for every event of one camera."""
+
+    def wrap(app):
+        def wsgi(environ, start_response):
+            request = Request(environ)
+            if request.method == "POST" and request.path == "/import":
+                document = request.get_json(silent=True, cache=True) or {}
+                event = document.get("event") or {}
+                if event.get("camera_id") == camera_id:
+                    reply = Response('{"state": "failed", "message": "camera under repair"}',
+                                     200, content_type="application/json")
+                    return reply(environ, start_response)
+                environ["wsgi.input"] = _Body(request.get_data())
+            return app(environ, start_response)
+        return wsgi
+    return wrap
+
+
+class _Body:
+    def __init__(self, data: bytes):
+        import io
+
+        self.stream = io.BytesIO(data)
+
+    def read(self, *args):
+        return self.stream.read(*args)
+
+
+def test_an_entity_the_target_refuses_waits_without_holding_up_the_others(source, make_node):
+    target = make_node("central", 0).serve(refusing("demo-cam-1"))
+    add_export(source, target.import_url)
+    exporter = source.exporter(max_failures=2, backoff=Backoff(0, 0))
+    first = exporter.run_once()
+    assert first.targets["central"].entities_sent == SMALL_NIGHT.events_per_night
+    assert first.targets["central"].target_failures == 0
+    for _ in range(10):
+        if status_of(source).pending == 0:
+            break
+        exporter.run_once()
+    status = status_of(source)
+    assert status.view.consecutive_failures == 0, "a refused entity says nothing about the target"
+    # Each refused entity was tried twice (max_failures=2), then given up on.
+    refused = SMALL_NIGHT.events_per_night
+    assert (status.done, status.pending, status.failed) == (SMALL_NIGHT.events_per_night, 0, refused)
+    with source.services.database.read() as session:
+        errors = tasks.last_task_errors(session, status.view.config_id)
+        attempts = session.scalars(select(ExportTaskRow.attempts)
+                                   .where(ExportTaskRow.state == tasks.FAILED)).all()
+    assert attempts == [2] * refused
+    assert errors and all("camera under repair" in error for _, _, error in errors)
+
+
+def test_retry_puts_failed_tasks_back(source, make_node):
+    target = make_node("central", 0).serve(refusing("demo-cam-1"))
+    add_export(source, target.import_url)
+    source.exporter(max_failures=1).run_once()
+    assert status_of(source).failed == SMALL_NIGHT.events_per_night
+    target.stop_serving()
+    target.serve()
+    with source.services.database.write() as session:
+        assert tasks.retry_failed(session, status_of(source).view.config_id) == SMALL_NIGHT.events_per_night
+    source.exporter().run_once()
+    status = status_of(source)
+    assert (status.pending, status.failed) == (0, 0)
+    assert_same_records_for_events(source, target)
+
+
+def test_wrong_credentials_are_a_target_failure_with_advice(source, make_node):
+    target = make_node("central", 0).serve()
+    add_export(source, target.import_url)
+    with source.services.database.write() as session:
+        configs.update(session, "central", {"password": "not the password"})
+    summary = source.exporter().run_once()
+    assert summary.targets["central"].target_failures == 1
+    assert "check the configuration's user and password" in status_of(source).view.last_error
+    assert PASSWORD not in status_of(source).view.last_error
+
+
+def test_a_wrong_url_is_a_target_failure_not_a_refusal_of_each_entity(source, make_node):
+    target = make_node("central", 0).serve()
+    add_export(source, target.url + "/not-import")
+    source.exporter().run_once()
+    status = status_of(source)
+    assert status.view.consecutive_failures == 1
+    assert "ending in /import" in status.view.last_error
+    assert status.failed == 0
+
+
+def test_an_entity_deleted_locally_fails_its_task_only(source, make_node):
+    target = make_node("central", 0).serve()
+    add_export(source, target.import_url)
+    with source.services.database.write() as session:
+        # A task for an event this node does not have (say, removed by hand).
+        session.add(ExportTaskRow(
+            config_id=configs.get_row(session, "central").config_id, entity_id=uuid.uuid4(),
+            entity_type="event", entity_time=0, state="pending", attempts=0, created_at=0,
+            next_attempt_at=0))
+    summary = source.exporter().run_once()
+    assert summary.targets["central"].entities_sent == SMALL_NIGHT.cameras * SMALL_NIGHT.events_per_night
+    status = status_of(source)
+    assert status.failed == 1 and status.view.consecutive_failures == 0
+
+
+def test_an_unexpected_error_on_this_node_is_recorded_not_a_crash(source, make_node, monkeypatch):
+    from meteorpi_server.exporter.source import StoreSource
+
+    def broken_disk(self, record):
+        raise OSError("Input/output error")
+
+    monkeypatch.setattr(StoreSource, "open_file", broken_disk)
+    target = make_node("central", 0).serve()
+    add_export(source, target.import_url)
+    summary = source.exporter().run_once()
+    assert summary.targets["central"].target_failures == 1
+    status = status_of(source)
+    assert "unexpected error on this node: OSError: Input/output error" in status.view.last_error
+    assert (status.done, status.failed) == (0, 0)
+    assert status.view.lease_owner is None

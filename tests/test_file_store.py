@@ -1,0 +1,88 @@
+"""The file store shows a file only once it is complete, fsynced and verified."""
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+
+from meteorpi_model import md5_bytes
+from meteorpi_server.files import FileStore, Md5Mismatch, TooLarge
+
+DATA = bytes(range(256)) * 5000  # a little over 1 MiB: several read pieces
+
+
+@pytest.fixture
+def files(tmp_path):
+    return FileStore(tmp_path / "files")
+
+
+def leftovers(files):
+    return [path.name for path in files.root.rglob("*") if path.is_file()]
+
+
+def test_a_verified_file_appears_at_its_path(files):
+    file_id = uuid.uuid4()
+    stored = files.write(file_id, io.BytesIO(DATA), md5_bytes(DATA))
+    assert (stored.md5, stored.size) == (md5_bytes(DATA), len(DATA))
+    assert files.path_for(file_id).read_bytes() == DATA
+    assert files.path_for(file_id).name == file_id.hex
+    assert leftovers(files) == [file_id.hex]
+
+
+def test_bytes_with_the_wrong_md5_leave_nothing(files):
+    file_id = uuid.uuid4()
+    with pytest.raises(Md5Mismatch):
+        files.write(file_id, io.BytesIO(DATA), md5_bytes(b"other"))
+    assert not files.exists(file_id)
+    assert leftovers(files) == []
+
+
+def test_a_file_over_the_limit_leaves_nothing(files):
+    with pytest.raises(TooLarge):
+        files.write(uuid.uuid4(), io.BytesIO(DATA), md5_bytes(DATA), max_bytes=1000)
+    assert leftovers(files) == []
+
+
+class DropsMidway(io.RawIOBase):
+    """A source that fails after some bytes, like a connection cut mid-upload."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def read(self, size=-1):
+        self.calls += 1
+        if self.calls > 1:
+            raise ConnectionResetError("peer went away")
+        return DATA[: 1 << 20]
+
+
+def test_a_source_that_fails_midway_leaves_nothing(files):
+    file_id = uuid.uuid4()
+    with pytest.raises(ConnectionResetError):
+        files.write(file_id, DropsMidway(), md5_bytes(DATA))
+    assert leftovers(files) == []
+
+
+def test_a_failed_rewrite_keeps_the_complete_file(files):
+    file_id = uuid.uuid4()
+    files.write(file_id, io.BytesIO(DATA), md5_bytes(DATA))
+    with pytest.raises(Md5Mismatch):
+        files.write(file_id, io.BytesIO(b"bad"), md5_bytes(b"good"))
+    assert files.path_for(file_id).read_bytes() == DATA
+
+
+def test_idle_unfinished_uploads_are_removed_and_active_ones_kept(files):
+    import fcntl
+    import os
+
+    files.uploads.mkdir(parents=True)
+    idle, fresh, locked = (files.uploads / name for name in ("idle", "fresh", "locked"))
+    for path in (idle, fresh, locked):
+        path.write_bytes(b"some bytes")
+    os.utime(idle, (0, 0))
+    os.utime(locked, (0, 0))
+    with open(locked, "rb") as writer:  # an upload in progress, however slow, holds its lock
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+        assert files.remove_stale_uploads(older_than_seconds=3600) == 1
+    assert sorted(leftovers(files)) == ["fresh", "locked"]

@@ -1,0 +1,257 @@
+"""Resumable uploads survive cut connections, a killed server and a killed exporter.
+
+In every case the upload completes with the right bytes, bytes the server confirmed are
+not sent again, and no partial file is ever visible at the file's final path.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+import yaml
+
+from conftest import GunicornProcess, free_port
+from meteorpi_model import md5_file
+from meteorpi_server.exporter.resumable import ResumableUploader
+
+pytestmark = pytest.mark.slow
+
+CHUNK = 1 << 20
+HEADER_ALLOWANCE = 64 * 1024
+
+
+class CuttingProxy:
+    """A TCP proxy that cuts the connection once client-to-server traffic passes each
+    byte count in ``cuts`` (counted over all connections), and counts what it forwarded."""
+
+    def __init__(self, upstream_port: int, cuts: list[int], delay_per_piece: float = 0.0):
+        self.upstream_port = upstream_port
+        self.cuts = sorted(cuts)
+        self.delay = delay_per_piece
+        self.forwarded = 0
+        self.cut_count = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the server is down: so is this connection, as it would be
+                client.close()
+                continue
+            threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump_down, args=(upstream, client), daemon=True).start()
+
+    def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                with self._lock:
+                    limit = self.cuts[0] - self.forwarded if self.cuts else len(data)
+                    piece = data[:max(limit, 0)]
+                    self.forwarded += len(piece)
+                    cut = bool(self.cuts) and self.forwarded >= self.cuts[0]
+                    if cut:
+                        self.cuts.pop(0)
+                        self.cut_count += 1
+                upstream.sendall(piece)
+                if cut:
+                    break
+                if self.delay:
+                    time.sleep(self.delay)
+        except OSError:
+            pass
+        for sock in (client, upstream):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    @staticmethod
+    def _pump_down(upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := upstream.recv(65536):
+                client.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stopped = True
+        self._listener.close()
+
+
+class FinalPathWatcher:
+    """Polls a file's final path and notes any moment it held fewer bytes than the file."""
+
+    def __init__(self, path, size: int):
+        self.path, self.size = path, size
+        self.partial_sightings: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                seen = os.stat(self.path).st_size
+                if seen != self.size:
+                    self.partial_sightings.append(seen)
+            except FileNotFoundError:
+                pass
+            time.sleep(0.002)
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join()
+        return self.partial_sightings
+
+
+def settled_size(path, quiet_seconds: float = 0.5) -> int:
+    """The file's size once the server has finished with what was already in flight."""
+    size = -1
+    while size != (size := path.stat().st_size):
+        time.sleep(quiet_seconds)
+    return size
+
+
+@pytest.fixture
+def big_file(tmp_path):
+    path = tmp_path / "video.bin"
+    piece = os.urandom(CHUNK)
+    with open(path, "wb") as out:
+        for index in range(12):
+            out.write(piece[index:] + piece[:index])
+    return path
+
+
+@pytest.fixture
+def server_config(settings, tmp_path, app, exporter_auth):
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump({**settings, "log_level": "warning"}))
+    return path
+
+
+def uploader_for(url: str, auth, **options) -> ResumableUploader:
+    session = requests.Session()
+    session.auth = auth
+    return ResumableUploader(session, f"{url}/import", chunk_size=CHUNK, retry_delay=0.05,
+                             attempts=12, timeout=(2, 10), **options)
+
+
+@pytest.mark.parametrize("cut_points", [
+    [100],                                  # inside the first request's headers
+    [CHUNK // 2],                           # inside the first chunk
+    [CHUNK + 400],                          # just after the first chunk, in the next request
+    [3 * CHUNK + 7, 5 * CHUNK + 12345, 9 * CHUNK + 1],  # several cuts along the way
+], ids=["in-headers", "mid-chunk", "between-chunks", "several"])
+@pytest.mark.parametrize("checksum", ["sha256", None], ids=["checksummed", "plain"])
+def test_an_upload_survives_cut_connections(gunicorn_server, exporter_auth, services, big_file,
+                                            cut_points, checksum):
+    server = gunicorn_server(workers=2)
+    port = int(server.url.rsplit(":", 1)[1])
+    proxy = CuttingProxy(port, cut_points)
+    file_id, md5, size = uuid.uuid4(), md5_file(big_file), big_file.stat().st_size
+    watcher = FinalPathWatcher(services.files.path_for(file_id), size)
+    uploader = uploader_for(f"http://127.0.0.1:{proxy.port}", exporter_auth, checksum=checksum)
+    with open(big_file, "rb") as source:
+        outcome = uploader.upload(file_id, md5, source)
+    proxy.close()
+    assert outcome.complete
+    assert watcher.stop() == []
+    assert proxy.cut_count == len(cut_points)
+    assert services.files.path_for(file_id).read_bytes() == big_file.read_bytes()
+    # Each cut costs at most the chunk in flight; request headers add a few KB in all.
+    assert proxy.forwarded < size + len(cut_points) * CHUNK + HEADER_ALLOWANCE
+
+
+def test_an_upload_survives_the_server_being_killed_and_restarted(server_config, exporter_auth,
+                                                                   services, big_file):
+    port = free_port()
+    server = GunicornProcess(server_config, port, workers=2)
+    proxy = CuttingProxy(port, [], delay_per_piece=0.002)  # slow the transfer so the kill lands mid-upload
+    file_id, md5, size = uuid.uuid4(), md5_file(big_file), big_file.stat().st_size
+    watcher = FinalPathWatcher(services.files.path_for(file_id), size)
+    uploader = uploader_for(f"http://127.0.0.1:{proxy.port}", exporter_auth)
+    outcome = {}
+
+    def upload():
+        with open(big_file, "rb") as source:
+            outcome["result"] = uploader.upload(file_id, md5, source)
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    while proxy.forwarded < size // 3:
+        time.sleep(0.01)
+    server.kill()
+    offset_at_kill = services.files.upload_path(file_id, md5).stat().st_size
+    server = GunicornProcess(server_config, port, workers=2)
+    thread.join(120)
+    server.stop()
+    proxy.close()
+    assert outcome["result"].complete
+    assert watcher.stop() == []
+    assert 0 < offset_at_kill < size
+    assert services.files.path_for(file_id).read_bytes() == big_file.read_bytes()
+    assert proxy.forwarded < size + 2 * CHUNK + HEADER_ALLOWANCE
+
+
+EXPORTER_SCRIPT = textwrap.dedent('''
+    import sys, uuid, requests
+    from meteorpi_server.exporter.resumable import ResumableUploader
+    url, user, password, file_id, md5, path, chunk = sys.argv[1:8]
+    session = requests.Session()
+    session.auth = (user, password)
+    uploader = ResumableUploader(session, url + "/import", chunk_size=int(chunk), retry_delay=0.05)
+    with open(path, "rb") as source:
+        outcome = uploader.upload(uuid.UUID(file_id), md5, source,
+                                  progress=lambda n: print("sent", n, flush=True))
+    print("done", outcome.complete, outcome.bytes_sent, flush=True)
+''')
+
+
+def test_an_upload_resumes_after_the_exporter_is_killed(gunicorn_server, exporter_auth, services,
+                                                         big_file, tmp_path):
+    server = gunicorn_server(workers=2)
+    port = int(server.url.rsplit(":", 1)[1])
+    proxy = CuttingProxy(port, [], delay_per_piece=0.002)
+    file_id, md5, size = uuid.uuid4(), md5_file(big_file), big_file.stat().st_size
+    watcher = FinalPathWatcher(services.files.path_for(file_id), size)
+    script = tmp_path / "exporter.py"
+    script.write_text(EXPORTER_SCRIPT)
+    command = [sys.executable, str(script), f"http://127.0.0.1:{proxy.port}", *exporter_auth,
+               file_id.hex, md5, str(big_file), str(CHUNK)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    confirmed = 0
+    for line in first.stdout:  # kill it once a few chunks are confirmed, mid-way through another
+        confirmed += int(line.split()[1])
+        if confirmed >= 4 * CHUNK:
+            time.sleep(0.05)
+            break
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    held = settled_size(services.files.upload_path(file_id, md5))
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    proxy.close()
+    assert second.returncode == 0, second.stderr
+    done = second.stdout.strip().splitlines()[-1].split()
+    assert done[:2] == ["done", "True"]
+    assert int(done[2]) == size - held  # the second run sent only what the server lacked
+    assert watcher.stop() == []
+    assert services.files.path_for(file_id).read_bytes() == big_file.read_bytes()

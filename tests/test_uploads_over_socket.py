@@ -1,0 +1,156 @@
+"""Uploads through a real gunicorn server: disconnects, chunked bodies, bounded memory."""
+from __future__ import annotations
+
+import base64
+import socket
+import time
+import uuid
+
+import pytest
+import requests
+
+from meteorpi_model import md5_bytes
+from meteorpi_server.exporter.multipart import MultipartFileBody
+
+pytestmark = pytest.mark.slow
+
+
+def raw_upload_head(server_url: str, auth, file_id: uuid.UUID, md5: str, length: int) -> bytes:
+    host = server_url.removeprefix("http://")
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    return (f"POST /import/data/{file_id.hex}/{md5} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Basic {token}\r\n"
+            "Content-Type: multipart/form-data; boundary=cut\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+            "--cut\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n").encode()
+
+
+def files_on_disk(services):
+    root = services.files.root
+    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+
+
+def test_a_client_that_vanishes_mid_upload_leaves_no_file(gunicorn_server, exporter_auth, services):
+    server = gunicorn_server(workers=1)
+    data = b"x" * (4 << 20)
+    file_id = uuid.uuid4()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(raw_upload_head(server.url, exporter_auth, file_id, md5_bytes(data),
+                                           len(data) + 200))
+        connection.sendall(data[: len(data) // 2])
+        time.sleep(0.5)  # let the server write the first half to its temporary file
+    # The server notices the cut, discards the partial bytes and goes on serving.
+    deadline = time.monotonic() + 10
+    while files_on_disk(services) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert files_on_disk(services) == []
+    assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+def test_a_chunked_upload_is_accepted(gunicorn_server, exporter_auth, services):
+    server = gunicorn_server(workers=1)
+    data = bytes(range(256)) * 4096
+    file_id = uuid.uuid4()
+
+    def chunked(body):  # a generator: requests sends Transfer-Encoding: chunked
+        yield from body
+
+    body = MultipartFileBody("file", "f.bin", _temporary_file(data))
+    response = requests.post(f"{server.url}/import/data/{file_id.hex}/{md5_bytes(data)}",
+                             data=chunked(body), headers={"Content-Type": body.content_type},
+                             auth=exporter_auth, timeout=30)
+    assert response.json() == {"state": "continue"}
+    assert services.files.path_for(file_id).read_bytes() == data
+
+
+def _temporary_file(data: bytes):
+    import tempfile
+
+    handle = tempfile.TemporaryFile()
+    handle.write(data)
+    handle.seek(0)
+    return handle
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _worker_pid(server) -> int:
+    import subprocess
+
+    children = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def _write_file(path, size: int):
+    piece = bytes(range(256)) * 4096
+    with open(path, "wb") as out:
+        for _ in range(size // len(piece)):
+            out.write(piece)
+    return path
+
+
+def _legacy_upload(url, auth, path) -> None:
+    from meteorpi_model import md5_file
+
+    with open(path, "rb") as source:
+        body = MultipartFileBody("file", "f.bin", source)
+        response = requests.post(f"{url}/import/data/{uuid.uuid4().hex}/{md5_file(path)}", data=body,
+                                 headers={"Content-Type": body.content_type}, auth=auth, timeout=120)
+    assert response.json() == {"state": "continue"}
+
+
+def _resumable_upload(url, auth, path) -> None:
+    from meteorpi_model import md5_file
+    from meteorpi_server.exporter.resumable import ResumableUploader
+
+    session = requests.Session()
+    session.auth = auth
+    with open(path, "rb") as source:
+        outcome = ResumableUploader(session, f"{url}/import", chunk_size=4 << 20).upload(
+            uuid.uuid4(), md5_file(path), source)
+    assert outcome.complete
+
+
+@pytest.mark.parametrize("send", [_legacy_upload, _resumable_upload], ids=["legacy", "resumable"])
+def test_the_server_memory_does_not_grow_with_the_upload_size(gunicorn_server, exporter_auth, tmp_path, send):
+    server = gunicorn_server(workers=1)
+    worker = _worker_pid(server)
+
+    def upload(size: int) -> int:
+        path = _write_file(tmp_path / f"upload-{size}", size)
+        send(server.url, exporter_auth, path)
+        path.unlink()
+        return _peak_rss_kib(worker)
+
+    after_small = upload(8 << 20)
+    after_large = upload(256 << 20)
+    # 32x the bytes; the peak may move by a few read buffers, not by the file.
+    assert after_large - after_small < 32 * 1024, (after_small, after_large)
+
+
+def test_the_exporter_memory_does_not_grow_with_the_file_size(gunicorn_server, exporter_auth, tmp_path):
+    import tracemalloc
+
+    server = gunicorn_server(workers=1)
+
+    def peak(size: int) -> int:
+        path = _write_file(tmp_path / f"upload-{size}", size)
+        tracemalloc.start()
+        _resumable_upload(server.url, exporter_auth, path)
+        _, highest = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        path.unlink()
+        return highest
+
+    small, large = peak(8 << 20), peak(128 << 20)
+    # One 4 MiB chunk in memory either way, not the file.
+    assert large < small + (1 << 20), (small, large)
+    assert large < 16 << 20
