@@ -21,7 +21,9 @@ from meteorpi_model import (CameraStatus, Event, FileRecord, ValidationError, pa
                             parse_md5)
 
 from . import store
+from .bundles import BundleEntry, read_bundle
 from .db import Database
+from .files import FileStore, Md5Mismatch
 from .orm import EventRow, FileRecordRow
 from .receiver import DatabaseImportReceiver
 
@@ -102,13 +104,16 @@ class BatchImporter:
     """The server side of protocol v2 over the database and the file store."""
 
     def __init__(self, database: Database, receiver: DatabaseImportReceiver, uploads,
-                 max_entities: int, upload_attempts: int, upload_attempts_window_seconds: int):
+                 files: FileStore, max_entities: int, upload_attempts: int,
+                 upload_attempts_window_seconds: int, max_file_bytes: int):
         self.database = database
         self.receiver = receiver
         self.uploads = uploads
+        self.files = files
         self.max_entities = max_entities
         self.upload_attempts = upload_attempts
         self.attempts_window_ms = upload_attempts_window_seconds * 1000
+        self.max_file_bytes = max_file_bytes
 
     def plan(self, document: Any) -> dict:
         """Which of the listed entities are stored, and what the rest still need."""
@@ -157,6 +162,60 @@ class BatchImporter:
                     new.discard(status.status_id)  # the same status twice in one batch
                 results.append(_result("status", status.status_id.hex, "stored"))
         return {"results": results}
+
+    # File bytes in bundles ---------------------------------------------------------
+
+    def store_files(self, stream, user: str) -> dict:
+        """Store each file of a bundle (``bundles.read_bundle``) whose bytes match its md5.
+
+        Each file is written, fsynced and verified on its own, as a legacy upload is; what
+        a bundle saves is the round trip per file, a directory fsync per file (the renames
+        are made durable together) and a commit per file (the blobs are recorded in one
+        transaction). Files verified before a broken or cut body are kept and recorded:
+        they are whole, and the exporter's next plan will not ask for them again.
+        """
+        results, stored, directories = [], [], set()
+        try:
+            for entry in read_bundle(stream, self.max_entities):
+                results.append(self._store_bundle_entry(entry, user, stored, directories))
+        finally:
+            if stored:
+                self.files.sync_directories(directories)
+                with self.database.write() as session:
+                    for file_id, md5, size in stored:
+                        store.record_blob(session, file_id, md5, size)
+                log.info("stored %d files (%d bytes) from a bundle from %s", len(stored),
+                         sum(size for _, _, size in stored), user)
+        return {"results": results}
+
+    def _store_bundle_entry(self, entry: BundleEntry, user: str, stored: list,
+                            directories: set) -> dict:
+        if entry.invalid is not None:
+            entry.skip()
+            return _result("file_data", "", "invalid", message=str(entry.invalid),
+                           field=entry.invalid.path)
+        file_id_text = entry.file_id.hex
+        if entry.size > self.max_file_bytes:
+            entry.skip()
+            return _result("file_data", file_id_text, "too_large",
+                           message=f"the file is larger than this server's limit of "
+                                   f"{self.max_file_bytes} bytes")
+        if self.receiver.has_file_data(entry.file_id, entry.md5):
+            entry.skip()  # bytes a stored record relies on are never replaced
+            return _result("file_data", file_id_text, "stored")
+        try:
+            written = self.files.write(entry.file_id, entry.content, entry.md5,
+                                       sync_directories=False)
+        except Md5Mismatch as mismatch:
+            with self.database.write() as session:
+                store.note_upload_failure(session, entry.file_id, entry.md5)
+            log.warning("bundled upload from %s discarded: %s", user, mismatch)
+            return _result("file_data", file_id_text, "md5_mismatch",
+                           message=f"{mismatch}; the bytes were discarded: check the file on "
+                                   "the node and send it again")
+        stored.append((written.file_id, written.md5, written.size))
+        directories.add(self.files.path_for(written.file_id).parent)
+        return _result("file_data", file_id_text, "stored")
 
     # Records ---------------------------------------------------------------------
 

@@ -135,6 +135,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Offer batched replication (protocol v2) beside the legacy protocol.", _bool),
     Setting("batch_max_entities", 500,
             "Most entities (or statuses) one batch request may carry.", _positive_int),
+    Setting("batch_max_bundle_bytes", 16 * 1024 ** 2,
+            "Largest file bundle (many small files' bytes in one batch request), in bytes.",
+            _positive_int),
     Setting("upload_attempts", 3,
             "Uploads of one file that may fail the md5 check before the import answers "
             "'failed' rather than asking for the bytes again.", _positive_int),
@@ -207,6 +210,7 @@ class Config:
     upload_expiry_seconds: int
     batch_protocol: bool
     batch_max_entities: int
+    batch_max_bundle_bytes: int
     upload_attempts: int
     upload_attempts_window_seconds: int
     auth_cache_size: int

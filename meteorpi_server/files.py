@@ -77,15 +77,26 @@ class FileStore:
         self.uploads.mkdir(parents=True, exist_ok=True)
         return self.uploads / f"{file_id.hex}.{md5}"
 
-    def adopt(self, file_id: uuid.UUID, path: Path) -> None:
-        """Move a complete, verified file from ``.uploads/`` to its final path, durably."""
+    def adopt(self, file_id: uuid.UUID, path: Path, sync_directories: bool = True) -> Path:
+        """Move a complete, verified file from ``.uploads/`` to its final path, durably.
+
+        With ``sync_directories=False`` the rename is not yet durable: the caller moves a
+        group of files and then calls :meth:`sync_directories` once for all of them, before
+        it records or acknowledges any. Returns the final path.
+        """
         final = self.path_for(file_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(path, final)
-        _fsync_directory(final.parent)
-        _fsync_directory(path.parent)
+        if sync_directories:
+            self.sync_directories([final.parent])
+        return final
+
+    def sync_directories(self, directories) -> None:
+        """Make renames into ``directories`` (and out of ``.uploads/``) survive a crash."""
+        for directory in set(directories) | {self.uploads}:
+            _fsync_directory(directory)
 
     def exists(self, file_id: uuid.UUID) -> bool:
         return self.path_for(file_id).is_file()
@@ -94,11 +105,12 @@ class FileStore:
         return open(self.path_for(file_id), "rb")
 
     def write(self, file_id: uuid.UUID, source: BinaryIO, expected_md5: str,
-              max_bytes: int | None = None) -> StoredFile:
+              max_bytes: int | None = None, sync_directories: bool = True) -> StoredFile:
         """Stream ``source`` to disk and make it visible only if its md5 is ``expected_md5``.
 
         ``source`` is read in 1 MiB pieces until it returns b"". Raises Md5Mismatch or
         TooLarge (the bytes are discarded) or whatever reading ``source`` raises.
+        ``sync_directories`` is as for :meth:`adopt`.
         """
         self.uploads.mkdir(parents=True, exist_ok=True)
         temporary = self.uploads / f"{file_id.hex}.{secrets.token_hex(4)}.part"
@@ -115,7 +127,7 @@ class FileStore:
             actual = hasher.hexdigest()
             if actual != expected_md5:
                 raise Md5Mismatch(file_id, expected_md5, actual, hasher.bytes_seen)
-            self.adopt(file_id, temporary)
+            self.adopt(file_id, temporary, sync_directories)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise

@@ -61,7 +61,8 @@ class Services:
             "protocols": ["legacy-1"] + (["batch-2"] if self.batch else []),
             "limits": {"max_json_bytes": self.config.max_json_bytes,
                        "max_upload_bytes": self.config.max_upload_bytes},
-            **({"batch": {"version": 2, "max_entities": self.config.batch_max_entities}}
+            **({"batch": {"version": 2, "max_entities": self.config.batch_max_entities,
+                          "max_bundle_bytes": self.config.batch_max_bundle_bytes}}
                if self.batch else {}),
             "uploads": {"resumable": {
                 "version": 1,
@@ -83,6 +84,7 @@ class Services:
         sweep = PeriodicSweep(database, files, config)
         batch = None
         if config.batch_protocol and batch_supported(receiver):
-            batch = BatchImporter(database, receiver, uploads, config.batch_max_entities,
-                                  config.upload_attempts, config.upload_attempts_window_seconds)
+            batch = BatchImporter(database, receiver, uploads, files, config.batch_max_entities,
+                                  config.upload_attempts, config.upload_attempts_window_seconds,
+                                  config.max_upload_bytes)
         return cls(config, database, files, users, receiver, importer, uploads, sweep, batch)

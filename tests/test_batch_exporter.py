@@ -45,8 +45,9 @@ def test_a_night_goes_over_in_a_few_requests(client, services, tmp_path):
     results = BatchSender(client, dataset, concurrency=3).send(entities, stats=stats)
     assert {result.state for result in results.values()} == {"complete"}
     assert len(results) == len(entities)
-    # plan + statuses + records, and one request per (small) file: no per-entity handshake.
-    assert stats.requests == 3 + len(dataset.contents)
+    # plan + statuses + records + one bundle of all the (small) files: no per-entity
+    # handshake, no request per file.
+    assert stats.requests == 4
     assert stats.files_uploaded == len(dataset.contents) and stats.fallbacks == 0
     assert_target_holds(services, dataset)
 
@@ -78,9 +79,9 @@ def test_big_sends_are_split_to_the_servers_batch_limit(settings, exporter_auth,
             stats = BatchStats()
             results = BatchSender(client, dataset).send(dataset.events + dataset.files, stats=stats)
         assert {result.state for result in results.values()} == {"complete"}
-        # 10 entities in batches of 4: a plan and a records request each; the statuses
-        # once, in the first batch, the only one that lacks them.
-        assert stats.requests == 3 * 2 + 1 + len(dataset.contents)
+        # 10 entities in batches of 4: a plan, a bundle of their files and a records
+        # request each; the statuses once, in the first batch, the only one that lacks them.
+        assert stats.requests == 3 * 3 + 1
     finally:
         server.shutdown()
         app.extensions["meteorpi"].database.dispose()

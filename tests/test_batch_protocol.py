@@ -4,10 +4,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import requests
 
 import factories
 from protocol import ResumableClient
 from meteorpi_server import store
+from meteorpi_server.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE, header_line
 
 
 @pytest.fixture
@@ -35,6 +37,12 @@ class BatchClient:
     def statuses(self, *statuses) -> dict:
         return self.post("statuses", {"statuses": [status.to_dict() for status in statuses]})
 
+    def files(self, body: bytes, expect: int = 200, content_type: str = BUNDLE_MEDIA_TYPE) -> dict:
+        response = self.client.post("/import/batch/files", data=body, auth=self.auth,
+                                    content_type=content_type)
+        assert response.status_code == expect, response.get_data(as_text=True)
+        return response.get_json()
+
     def records(self, *entities) -> dict:
         return self.post("records", {"entities": [
             {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()} for entity in entities]})
@@ -46,6 +54,13 @@ def plan_entry(entity) -> dict:
                 "md5": entity.md5}
     return {"type": "event", "id": entity.event_id.hex, "status_id": entity.status_id.hex,
             "files": [{"file_id": record.file_id.hex, "md5": record.md5} for record in entity.files]}
+
+
+def bundle(dataset, *records, contents=None) -> bytes:
+    """A file bundle of ``records``' bytes (or of ``contents``, by file id, where given)."""
+    contents = {**dataset.contents, **(contents or {})}
+    return b"".join(header_line(record.file_id, record.md5, len(contents[record.file_id]))
+                    + contents[record.file_id] for record in records)
 
 
 @pytest.fixture
@@ -66,7 +81,8 @@ def stored(services):
 def test_the_server_offers_batches_and_their_limits(client, exporter_auth, services):
     reply = client.get("/import", auth=exporter_auth).get_json()
     assert "batch-2" in reply["protocols"]
-    assert reply["batch"] == {"version": 2, "max_entities": services.config.batch_max_entities}
+    assert reply["batch"] == {"version": 2, "max_entities": services.config.batch_max_entities,
+                              "max_bundle_bytes": services.config.batch_max_bundle_bytes}
 
 
 def test_a_plan_lists_what_the_server_lacks(batch, camera, dataset):
@@ -224,4 +240,107 @@ def test_the_file_stored_hook_runs_for_batched_records(settings, exporter_auth, 
     batch.records(event)
     batch.records(event)
     assert seen == [record.file_id for record in event.files]
+    app.extensions["meteorpi"].database.dispose()
+
+
+# File bundles: many small files' bytes in one request ------------------------------
+
+def test_a_bundle_stores_many_files_in_one_request(batch, camera, dataset, services):
+    event = dataset.add_event(camera, file_count=3)
+    record = dataset.add_file(camera, size=0)
+    reply = batch.files(bundle(dataset, *event.files, record))
+    assert reply["results"] == [{"type": "file_data", "id": f.file_id.hex, "state": "stored"}
+                                for f in event.files + [record]]
+    for stored_file in event.files + [record]:
+        assert services.files.path_for(stored_file.file_id).read_bytes() == \
+            dataset.contents[stored_file.file_id]
+    batch.statuses(camera)
+    assert batch.plan(event, record)["need_files"] == []
+    assert [r["state"] for r in batch.records(event, record)["results"]] == ["complete"] * 2
+
+
+def test_a_bundled_file_that_fails_its_md5_is_discarded_alone(batch, camera, dataset, services):
+    good, bad = dataset.add_file(camera), dataset.add_file(camera)
+    corrupt = bytearray(dataset.contents[bad.file_id])
+    corrupt[10] ^= 0xFF
+    reply = batch.files(bundle(dataset, bad, good, contents={bad.file_id: bytes(corrupt)}))
+    mismatch, stored_result = reply["results"]
+    assert mismatch["state"] == "md5_mismatch" and bad.md5 in mismatch["message"]
+    assert stored_result["state"] == "stored"
+    assert not services.files.exists(bad.file_id)
+    assert services.files.exists(good.file_id)
+    assert [f["file_id"] for f in batch.plan(bad, good)["need_files"]] == [bad.file_id.hex]
+
+
+def test_a_bundled_file_with_a_bad_header_is_skipped_alone(batch, camera, dataset, services):
+    record = dataset.add_file(camera)
+    broken = b'{"file_id": "nonsense", "md5": "x", "size": 3}\nabc'
+    reply = batch.files(broken + bundle(dataset, record))
+    invalid, stored_result = reply["results"]
+    assert invalid["state"] == "invalid" and invalid["field"] == "files[0].file_id"
+    assert stored_result == {"type": "file_data", "id": record.file_id.hex, "state": "stored"}
+
+
+def test_bytes_already_held_are_not_replaced_by_a_bundle(batch, uploader, camera, dataset, services):
+    record = dataset.add_file(camera)
+    uploader.send_all(record.file_id, dataset.contents[record.file_id], 1 << 20)
+    stored_at = services.files.path_for(record.file_id).stat().st_ino
+    assert batch.files(bundle(dataset, record))["results"][0]["state"] == "stored"
+    assert services.files.path_for(record.file_id).stat().st_ino == stored_at
+
+
+@pytest.mark.parametrize("body, error", [
+    (b"not json\n", "bad_bundle"),
+    (b'{"file_id": "00000000000000000000000000000000"}\n', "bad_bundle"),  # no size
+    (b'{"size": -1}\n', "bad_bundle"),
+    (b'{"size": 3}', "bad_bundle"),  # the header never ends
+    (b"{" + b" " * 2000 + b"}\n", "bad_bundle"),
+    (b'{"size": 10}\nabc', "incomplete_upload"),
+])
+def test_a_malformed_bundle_is_a_400_that_says_why(batch, services, body, error):
+    reply = batch.files(body, expect=400)
+    assert reply["error"] == error and reply["message"]
+    assert stored(services)["blobs"] == 0
+
+
+def test_files_before_a_cut_in_a_bundle_are_kept(batch, camera, dataset, services):
+    first, second = dataset.add_file(camera), dataset.add_file(camera)
+    body = bundle(dataset, first, second)
+    reply = batch.files(body[:-10], expect=400)
+    assert reply["error"] == "incomplete_upload"
+    assert services.files.exists(first.file_id) and not services.files.exists(second.file_id)
+    assert [f["file_id"] for f in batch.plan(first, second)["need_files"]] == [second.file_id.hex]
+    assert list(services.files.uploads.iterdir()) == []  # no partial file left behind
+
+
+def test_a_bundle_needs_its_media_type_a_length_and_the_limit(settings, exporter_auth, camera, dataset):
+    from meteorpi_server import create_app
+
+    settings["batch_max_bundle_bytes"] = 4096
+    app = create_app(settings)
+    batch = BatchClient(app.test_client(), exporter_auth)
+    small, large = dataset.add_file(camera, size=100), dataset.add_file(camera, size=5000)
+    assert batch.files(bundle(dataset, small), expect=415,
+                       content_type="application/octet-stream")["error"] == "unsupported_media_type"
+    assert batch.files(bundle(dataset, large), expect=413)["limit"] == 4096
+    app.extensions["meteorpi"].database.dispose()
+
+
+def test_a_bundle_sent_without_a_length_is_a_411(live_server, exporter_auth, camera, dataset):
+    record = dataset.add_file(camera)
+    response = requests.post(f"{live_server}/import/batch/files", auth=exporter_auth,
+                             data=iter([bundle(dataset, record)]),  # chunked: no length
+                             headers={"Content-Type": BUNDLE_MEDIA_TYPE}, timeout=30)
+    assert response.status_code == 411
+    assert response.json()["error"] == "length_required"
+
+
+def test_a_bundle_over_the_entity_limit_is_refused(settings, exporter_auth, camera, dataset, services):
+    from meteorpi_server import create_app
+
+    settings["batch_max_entities"] = 2
+    app = create_app(settings)
+    batch = BatchClient(app.test_client(), exporter_auth)
+    records = [dataset.add_file(camera, size=10) for _ in range(3)]
+    assert "at most 2" in batch.files(bundle(dataset, *records), expect=400)["message"]
     app.extensions["meteorpi"].database.dispose()

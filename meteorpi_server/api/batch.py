@@ -1,9 +1,14 @@
-"""Protocol v2, batched replication: /import/batch/plan, /statuses and /records."""
+"""Protocol v2, batched replication: /import/batch/plan, /statuses, /files and /records."""
 from __future__ import annotations
 
+import io
+
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.http import parse_options_header
 
 from ..batch import BatchError
+from ..bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE, BundleError
+from ..files import IncompleteUpload
 from .errors import ApiError
 from .importer import origin_server
 from .security import current_user, requires_role
@@ -12,11 +17,16 @@ from .uploads import read_json
 blueprint = Blueprint("batch", __name__)
 
 
-def _run(operation, *args):
+def _services():
     services = current_app.extensions["meteorpi"]
     if services.batch is None:
         raise ApiError(404, "this server does not offer batched replication (protocol v2)",
                        "not_found")
+    return services
+
+
+def _run(operation, *args):
+    services = _services()
     document = read_json(request, services.config.max_json_bytes)
     try:
         return jsonify(operation(services.batch)(document, *args))
@@ -50,3 +60,28 @@ def statuses():
 def records():
     """Store a batch of events and stand-alone file records, each atomically."""
     return _run(lambda batch: batch.store_records, _source())
+
+
+@blueprint.post("/import/batch/files")
+@requires_role("import")
+def files():
+    """Store the bytes of many small files sent back to back in one body (a bundle)."""
+    services = _services()
+    if parse_options_header(request.headers.get("Content-Type", ""))[0] != BUNDLE_MEDIA_TYPE:
+        raise ApiError(415, f"a file bundle must be sent as {BUNDLE_MEDIA_TYPE}",
+                       "unsupported_media_type")
+    limit = services.config.batch_max_bundle_bytes
+    if request.content_length is None:
+        raise ApiError(411, "a file bundle needs a Content-Length", "length_required")
+    if request.content_length > limit:
+        raise ApiError(413, f"a file bundle may be at most {limit} bytes; send smaller bundles "
+                            "or large files by resumable upload", "too_large", limit=limit)
+    body = request.stream
+    if isinstance(body, io.RawIOBase):  # werkzeug's LimitedStream: lines one byte at a time
+        body = io.BufferedReader(body, 1 << 20)
+    try:
+        return jsonify(services.batch.store_files(body, current_user().name))
+    except BundleError as error:
+        raise ApiError(400, f"the file bundle is malformed: {error}", "bad_bundle") from None
+    except IncompleteUpload as error:
+        raise ApiError(400, str(error), "incomplete_upload") from None

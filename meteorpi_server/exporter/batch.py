@@ -1,8 +1,9 @@
 """The client half of protocol v2: a batch of entities in a handful of requests.
 
 For a batch: one plan request learns what the target lacks; the statuses it lacks go in
-one request; the file bytes it lacks go through resumable uploads, several files at
-once; the records go in one request. Whatever a batch leaves unresolved (a file whose
+one request; the file bytes it lacks go in bundles (many small files in one request) or,
+for large files and uploads already begun, through resumable uploads, several requests
+at once; the records go in one request. Whatever a batch leaves unresolved (a file whose
 upload failed, a status that vanished) is sent through the legacy handshake, entity by
 entity, so a batch never ends worse than the legacy protocol would.
 """
@@ -18,6 +19,7 @@ import requests
 
 from meteorpi_model import Event, FileRecord
 
+from ..bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE, header_line
 from .handshake import (EntitySource, ExportResult, ImportClient, TargetError, export_entity,
                         target_session)
 from .resumable import Progress, ResumableUploader, UploadFailed, UploadRefused
@@ -25,6 +27,11 @@ from .resumable import Progress, ResumableUploader, UploadFailed, UploadRefused
 log = logging.getLogger("meteorpi.exporter")
 
 DEFAULT_CONCURRENCY = 4
+# Files up to this size travel in bundles; larger ones by resumable upload, where a cut
+# connection costs at most a chunk. A bundle is built in memory, so memory stays bounded
+# by BUNDLE_BYTES per upload thread whatever the files' sizes.
+BUNDLE_FILE_BYTES = 1 << 20
+BUNDLE_BYTES = 4 << 20
 
 
 @dataclass
@@ -36,6 +43,10 @@ class BatchStats:
     bytes_uploaded: int = 0
     fallbacks: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_requests(self, count: int) -> None:
+        with self._lock:
+            self.requests += count
 
     def add_upload(self, requests_sent: int, size: int) -> None:
         with self._lock:
@@ -178,17 +189,90 @@ class BatchSender:
         records = {record.file_id: record for entity in entities for record in _files_of(entity)}
         jobs = [(records[uuid.UUID(item["file_id"])], int(item.get("offset", 0)))
                 for item in needed if uuid.UUID(item["file_id"]) in records]
+        bundled = [record for record, offset in jobs if offset == 0 and self._bundles(record)]
+        resumable = [(record, offset) for record, offset in jobs
+                     if not (offset == 0 and self._bundles(record))]
         failures: dict[uuid.UUID, str] = {}
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="meteorpi-upload")
         try:
-            futures = {pool.submit(self._upload_one, record, offset, progress, stats): record
-                       for record, offset in jobs}
+            futures = [pool.submit(self._upload_bundle, bundle, progress, stats)
+                       for bundle in self._bundled(bundled)]
+            futures += [pool.submit(self._upload_one, record, offset, progress, stats)
+                        for record, offset in resumable]
             for future in as_completed(futures):
-                failure = future.result()
-                if failure:
-                    failures[futures[future].file_id] = failure
+                failures.update(future.result())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        return failures
+
+    def _bundle_limit(self) -> int:
+        """The largest bundle to send: 0 if the target takes no bundles."""
+        announced = self.client.capabilities["batch"].get("max_bundle_bytes") or 0
+        return min(BUNDLE_BYTES, announced)
+
+    def _bundles(self, record: FileRecord) -> bool:
+        """Whether a file travels in a bundle (judged by its recorded size; one that turns
+        out larger is sent by resumable upload after all)."""
+        return 0 < record.file_size <= min(BUNDLE_FILE_BYTES, self._bundle_limit() // 2)
+
+    def _bundled(self, records: list[FileRecord]) -> list[list[FileRecord]]:
+        bundles, current, size = [], [], 0
+        for record in records:
+            if current and (size + record.file_size > self._bundle_limit()
+                            or len(current) >= self.max_entities):
+                bundles.append(current)
+                current, size = [], 0
+            current.append(record)
+            size += record.file_size + 100  # the entry's header
+        return bundles + ([current] if current else [])
+
+    def _upload_bundle(self, records: list[FileRecord], progress,
+                       stats: BatchStats) -> dict[uuid.UUID, str]:
+        """Send ``records``' bytes in one request; return why each file not stored was not."""
+        failures: dict[uuid.UUID, str] = {}
+        parts, sent, oversized = [], [], []
+        for record in records:
+            stream = self.source.open_file(record)
+            if stream is None:
+                failures[record.file_id] = f"the bytes of file {record.file_id.hex} are missing on this node"
+                continue
+            with stream:
+                data = stream.read(BUNDLE_FILE_BYTES + 1)
+            if len(data) > BUNDLE_FILE_BYTES:
+                oversized.append(record)
+                continue
+            parts += [header_line(record.file_id, record.md5, len(data)), data]
+            sent.append((record, len(data)))
+        for record in oversized:  # its record understated its size
+            failures.update(self._upload_one(record, 0, progress, stats))
+        if not sent:
+            return failures
+        body = b"".join(parts)
+        del parts
+        try:
+            response = self._uploader().session.post(
+                f"{self.client.import_url}/batch/files", data=body, timeout=self.client.timeout,
+                headers={"Content-Type": BUNDLE_MEDIA_TYPE})
+        except requests.RequestException as error:
+            raise TargetError(f"sending a bundle of {len(sent)} files: {error}") from error
+        finally:
+            stats.add_requests(1)
+        if response.status_code != 200:
+            raise TargetError(f"batch files answered {response.status_code}: {response.text[:300]}")
+        try:
+            results = response.json()["results"]
+        except (ValueError, KeyError, TypeError):
+            raise TargetError("batch files answered something that is not its JSON reply") from None
+        outcomes = {result.get("id"): result for result in results if isinstance(result, dict)}
+        for record, size in sent:
+            outcome = outcomes.get(record.file_id.hex, {})
+            if outcome.get("state") == "stored":
+                stats.add_upload(0, size)
+                if progress:
+                    progress(size)
+            else:
+                failures[record.file_id] = (f"the target refuses file {record.file_id.hex}: "
+                                            f"{outcome.get('message') or 'no result for it'}")
         return failures
 
     def _uploader(self) -> ResumableUploader:
@@ -207,23 +291,25 @@ class BatchSender:
             self._local.uploader = uploader
         return uploader
 
-    def _upload_one(self, record: FileRecord, offset: int, progress, stats: BatchStats) -> str | None:
+    def _upload_one(self, record: FileRecord, offset: int, progress,
+                    stats: BatchStats) -> dict[uuid.UUID, str]:
+        """Send one file by resumable upload; return why it was not stored, if it was not."""
         uploader = self._uploader()
         stream = self.source.open_file(record)
         if stream is None:
-            return f"the bytes of file {record.file_id.hex} are missing on this node"
+            return {record.file_id: f"the bytes of file {record.file_id.hex} are missing on this node"}
         before, sent = uploader.requests_sent, 0
         try:
             with stream:
                 sent = uploader.upload(record.file_id, record.md5, stream, progress,
                                        offset=offset).bytes_sent
         except UploadRefused as refusal:
-            return f"the target refuses file {record.file_id.hex}: {refusal}"
+            return {record.file_id: f"the target refuses file {record.file_id.hex}: {refusal}"}
         except (UploadFailed, requests.RequestException) as error:
             raise TargetError(f"uploading file {record.file_id.hex}: {error}") from error
         finally:
             stats.add_upload(uploader.requests_sent - before, sent)
-        return None
+        return {}
 
     def _fallback(self, entity, progress, stats: BatchStats) -> ExportResult:
         stats.fallbacks += 1
