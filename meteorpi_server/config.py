@@ -131,6 +131,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upload_expiry_seconds", 24 * 3600,
             "Unfinished resumable uploads with no activity for this long are removed.",
             _positive_int),
+    Setting("upload_read_timeout_seconds", 60.0,
+            "An upload whose sender goes silent this long is ended, so a dead link does not "
+            "hold the upload locked against the sender's resumption.", _positive_seconds),
     Setting("batch_protocol", True,
             "Offer batched replication (protocol v2) beside the legacy protocol.", _bool),
     Setting("batch_max_entities", 500,
@@ -165,6 +168,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("export_timeout_seconds", 300.0,
             "How long the exporter waits for a target's reply (or any read) before giving up.",
             _positive_seconds),
+    Setting("export_chunk_bytes", 8 * 1024 ** 2,
+            "Chunk size of the exporter's resumable uploads (the target's own limit, if "
+            "smaller, wins); a cut connection costs at most one chunk.", _positive_int),
     Setting("export_ca_bundle", "",
             "CA certificates (a PEM file or directory) that export targets' TLS certificates "
             "are checked against; empty: the system's.", _optional_path),
@@ -208,6 +214,7 @@ class Config:
     orphan_data_seconds: int
     max_chunk_bytes: int
     upload_expiry_seconds: int
+    upload_read_timeout_seconds: float
     batch_protocol: bool
     batch_max_entities: int
     batch_max_bundle_bytes: int
@@ -221,6 +228,7 @@ class Config:
     export_backoff_max_seconds: float
     export_connect_timeout_seconds: float
     export_timeout_seconds: float
+    export_chunk_bytes: int
     export_ca_bundle: str
     read_access: str
     camera_connected_seconds: int
