@@ -140,6 +140,9 @@ class FileRecordRow(Provenance, Base):
         Index("ix_file_record_camera_time", "camera_id", "file_time", "file_id"),
         Index("ix_file_record_time", "file_time", "file_id"),
         Index("ix_file_record_status_id", "status_id"),
+        # File searches by type ("every all-sky video") stay index walks, newest first.
+        Index("ix_file_record_semantic_time", "semantic_type", "file_time", "file_id"),
+        Index("ix_file_record_mime_time", "mime_type", "file_time", "file_id"),
     )
 
 
