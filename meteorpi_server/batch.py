@@ -176,20 +176,23 @@ class BatchImporter:
         """
         results, stored, directories = [], [], set()
         try:
-            for entry in read_bundle(stream, self.max_entities):
-                results.append(self._store_bundle_entry(entry, user, stored, directories))
+            # One read session for the "already held?" checks: a session each would cost
+            # more than the check.
+            with self.database.read() as session:
+                for entry in read_bundle(stream, self.max_entities):
+                    results.append(self._store_bundle_entry(session, entry, user, stored,
+                                                            directories))
         finally:
             if stored:
                 self.files.sync_directories(directories)
                 with self.database.write() as session:
-                    for file_id, md5, size in stored:
-                        store.record_blob(session, file_id, md5, size)
+                    store.record_blobs(session, stored)
                 log.info("stored %d files (%d bytes) from a bundle from %s", len(stored),
                          sum(size for _, _, size in stored), user)
         return {"results": results}
 
-    def _store_bundle_entry(self, entry: BundleEntry, user: str, stored: list,
-                            directories: set) -> dict:
+    def _store_bundle_entry(self, session: Session, entry: BundleEntry, user: str,
+                            stored: list, directories: set) -> dict:
         if entry.invalid is not None:
             entry.skip()
             return _result("file_data", "", "invalid", message=str(entry.invalid),
@@ -200,7 +203,7 @@ class BatchImporter:
             return _result("file_data", file_id_text, "too_large",
                            message=f"the file is larger than this server's limit of "
                                    f"{self.max_file_bytes} bytes")
-        if self.receiver.has_file_data(entry.file_id, entry.md5):
+        if store.holds_file_data(session, entry.file_id, entry.md5):
             entry.skip()  # bytes a stored record relies on are never replaced
             return _result("file_data", file_id_text, "stored")
         try:

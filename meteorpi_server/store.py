@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -42,15 +42,22 @@ def server_id(session: Session) -> uuid.UUID:
     return uuid.UUID(session.scalar(select(ServerInfoRow.value).where(ServerInfoRow.name == "server_id")))
 
 
-def upsert(session: Session, table, values: dict, key: Sequence[str], update_columns: Sequence[str]):
-    """INSERT, or UPDATE ``update_columns`` when a row with the same ``key`` exists."""
+def upsert(session: Session, table, values: dict | list[dict], key: Sequence[str],
+           update_columns: Sequence[str]):
+    """INSERT, or UPDATE ``update_columns`` when a row with the same ``key`` exists.
+
+    ``values`` is one row, or a list of rows sent as one executemany.
+    """
     dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    statement = insert(table).values(**values)
+    statement = insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=list(key),
         set_={column: getattr(statement.excluded, column) for column in update_columns})
-    session.execute(statement)
+    if isinstance(values, dict):
+        session.execute(statement.values(**values))
+    elif values:
+        session.execute(statement, values)
 
 
 # Existence checks ------------------------------------------------------------------
@@ -65,6 +72,12 @@ def has_event(session: Session, event_id: uuid.UUID) -> bool:
 
 def has_file_record(session: Session, file_id: uuid.UUID) -> bool:
     return session.scalar(select(exists().where(FileRecordRow.file_id == file_id)))
+
+
+def holds_file_data(session: Session, file_id: uuid.UUID, md5: str) -> bool:
+    """Whether a stored record relies on bytes for ``file_id``, or verified bytes with
+    this md5 wait for their record: either way, new bytes must not replace them."""
+    return has_file_record(session, file_id) or blob_md5(session, file_id) == md5
 
 
 def missing_statuses(session: Session, status_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
@@ -103,10 +116,19 @@ def blob_md5(session: Session, file_id: uuid.UUID) -> str | None:
 
 def record_blob(session: Session, file_id: uuid.UUID, md5: str, size: int) -> None:
     """Note verified bytes for ``file_id``; earlier failed uploads of it are forgotten."""
+    record_blobs(session, [(file_id, md5, size)])
+
+
+def record_blobs(session: Session, blobs: Sequence[tuple[uuid.UUID, str, int]]) -> None:
+    """:func:`record_blob` for many (file id, md5, size) at once, in two statements."""
+    if not blobs:
+        return
+    now = now_ms()
     upsert(session, StoredBlobRow,
-           dict(file_id=file_id, md5=md5, size=size, touched_at=now_ms()),
+           [dict(file_id=file_id, md5=md5, size=size, touched_at=now) for file_id, md5, size in blobs],
            key=["file_id"], update_columns=["md5", "size", "touched_at"])
-    session.execute(delete(UploadFailureRow).where(UploadFailureRow.file_id == file_id))
+    session.execute(delete(UploadFailureRow)
+                    .where(UploadFailureRow.file_id.in_([file_id for file_id, _, _ in blobs])))
 
 
 def _claim_blobs(session: Session, records: Sequence[FileRecord]) -> list[uuid.UUID]:
@@ -221,15 +243,30 @@ def status_from_row(row: CameraStatusRow) -> CameraStatus:
         regions=[[Point(point["x"], point["y"]) for point in region] for region in row.regions])
 
 
-def _file_row(record: FileRecord, source: Source, received_at: int,
-              event_id: uuid.UUID | None = None, position: int | None = None) -> FileRecordRow:
-    return FileRecordRow(
+def _file_values(record: FileRecord, source: Source, received_at: int,
+                 event_id: uuid.UUID | None = None, position: int | None = None) -> dict:
+    return dict(
         file_id=record.file_id, camera_id=record.camera_id, mime_type=record.mime_type,
         semantic_type=str(record.semantic_type), file_time=record.file_time,
         file_size=record.file_size, status_id=record.status_id, md5=record.md5,
         file_name=record.file_name, event_id=event_id, event_position=position,
-        **_provenance(source, received_at),
-        meta=[FileMetaRow(**_meta_columns(meta, index)) for index, meta in enumerate(record.meta)])
+        **_provenance(source, received_at))
+
+
+_NO_META_VALUE = dict(string_value=None, number_value=None, number_is_int=None, date_value=None)
+
+
+def _meta_values(owner_column: str, owner_id: uuid.UUID, metas) -> list[dict]:
+    # Every row names every column: an executemany takes its columns from the first row.
+    return [{owner_column: owner_id, **_NO_META_VALUE, **_meta_columns(meta, index)}
+            for index, meta in enumerate(metas)]
+
+
+def _insert_rows(session: Session, table, rows: list[dict]) -> None:
+    """Core inserts (one executemany a table), not ORM units of work: storing a batch of
+    records is a few statements a record, and the ORM would cost several times that."""
+    if rows:
+        session.execute(insert(table), rows)
 
 
 def file_record_from_row(row: FileRecordRow) -> FileRecord:
@@ -267,16 +304,18 @@ def insert_event(session: Session, event: Event, source: Source = LOCAL) -> list
     if missing:
         return missing
     received_at = now_ms()
-    session.add(EventRow(
+    # Parents first: the foreign keys point at them.
+    _insert_rows(session, EventRow.__table__, [dict(
         event_id=event.event_id, camera_id=event.camera_id, event_time=event.event_time,
         event_type=str(event.event_type), status_id=event.status_id,
-        **_provenance(source, received_at),
-        meta=[EventMetaRow(**_meta_columns(meta, index)) for index, meta in enumerate(event.meta)]))
-    # The event row first: the files' foreign key points at it.
-    session.flush()
-    session.add_all([_file_row(record, source, received_at, event.event_id, position)
-                     for position, record in enumerate(event.files)])
-    session.flush()
+        **_provenance(source, received_at))])
+    _insert_rows(session, EventMetaRow.__table__, _meta_values("event_id", event.event_id, event.meta))
+    _insert_rows(session, FileRecordRow.__table__,
+                 [_file_values(record, source, received_at, event.event_id, position)
+                  for position, record in enumerate(event.files)])
+    _insert_rows(session, FileMetaRow.__table__,
+                 [row for record in event.files
+                  for row in _meta_values("file_id", record.file_id, record.meta)])
     # The files are part of the event's change, not changes of their own.
     feed.record_arrival(session, "event", event.event_id, event.camera_id, event.event_time,
                         received_at, [record.camera_id for record in event.files])
@@ -290,8 +329,8 @@ def insert_file_record(session: Session, record: FileRecord,
     if missing:
         return missing
     received_at = now_ms()
-    session.add(_file_row(record, source, received_at))
-    session.flush()
+    _insert_rows(session, FileRecordRow.__table__, [_file_values(record, source, received_at)])
+    _insert_rows(session, FileMetaRow.__table__, _meta_values("file_id", record.file_id, record.meta))
     feed.record_arrival(session, "file", record.file_id, record.camera_id, record.file_time,
                         received_at)
     return []
