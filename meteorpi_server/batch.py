@@ -125,7 +125,8 @@ class BatchImporter:
                 results.append(_result(_text(entry, "type"), _text(entry, "id"), "invalid",
                                        message=str(error), field=error.path))
         with self.database.read() as session:
-            stored = _stored_ids(session, planned)
+            stored = _stored_ids(session, [(entity.entity_type, entity.entity_id)
+                                           for entity in planned])
             waiting = [entity for entity in planned if entity.entity_id not in stored]
             statuses = store.missing_statuses(session, [entity.status_id for entity in waiting])
             wanted_files = {file_id: md5 for entity in waiting for file_id, md5 in entity.files}
@@ -225,26 +226,74 @@ class BatchImporter:
     def store_records(self, document: Any, source: store.Source) -> dict:
         """Store each record whose status and file bytes are all held, atomically each.
 
-        One transaction for the batch, a savepoint per record: a record that cannot be
-        stored rolls back alone, and the batch costs one commit instead of one per record.
+        One transaction for the batch. What every record needs is looked up for the whole
+        batch at once, and the records that have it are inserted together, a few
+        statements for all of them, in a savepoint. Should that fail (a record stored by
+        another exporter a moment ago, a file id claimed twice), each is stored again in
+        a savepoint of its own, so one bad record never takes the others with it.
         """
-        results, stored_files = [], []
-        entities = []
+        results: dict[int, dict] = {}
+        parsed: list[tuple[int, Event | FileRecord]] = []
         for index, entry in enumerate(_entries(document, "entities", self.max_entities)):
             try:
-                entities.append(_parse_record(entry, f"entities[{index}]"))
+                parsed.append((index, _parse_record(entry, f"entities[{index}]")))
             except ValidationError as error:
-                results.append(_result(_text(entry, "type"), _entity_id_text(entry), "invalid",
-                                       message=str(error), field=error.path))
+                results[index] = _result(_text(entry, "type"), _entity_id_text(entry), "invalid",
+                                         message=str(error), field=error.path)
         with self.database.write() as session:
-            for entity in entities:
-                outcome, stored_now = self._store_one(session, entity, source)
-                results.append(outcome)
-                if stored_now:
-                    stored_files.extend(entity.files if isinstance(entity, Event) else [entity])
+            ready = self._ready_records(session, parsed, results)
+            stored_now = self._insert_ready(session, ready, source, results)
         # After the commit, so the hook only ever sees records that are really stored.
-        self.receiver.announce_stored_files(stored_files)
-        return {"results": results}
+        self.receiver.announce_stored_files(
+            [record for entity in stored_now for record in _files_of(entity)])
+        return {"results": [results[index] for index in sorted(results)]}
+
+    def _ready_records(self, session: Session, parsed: list[tuple[int, Event | FileRecord]],
+                       results: dict[int, dict]) -> list[tuple[int, Event | FileRecord]]:
+        """The records that can be stored now; a result for each of the others."""
+        entities = [entity for _, entity in parsed]
+        stored = _stored_ids(session, [(entity.ENTITY_TYPE, entity.id) for entity in entities])
+        missing_statuses = set(store.missing_statuses(
+            session, {status_id for entity in entities for status_id in _statuses_of(entity)}))
+        waiting = [entity for entity in entities if entity.id not in stored
+                   and not missing_statuses.intersection(_statuses_of(entity))]
+        missing_files = set(store.claim_blobs(
+            session, [record for entity in waiting for record in _files_of(entity)]))
+        ready = []
+        for index, entity in parsed:
+            entity_type, entity_id = entity.ENTITY_TYPE, entity.id.hex
+            lacking_status = [status_id for status_id in _statuses_of(entity)
+                              if status_id in missing_statuses]
+            lacking_file = [record.file_id for record in _files_of(entity)
+                            if record.file_id in missing_files]
+            if entity.id in stored:
+                results[index] = _result(entity_type, entity_id, "complete")
+            elif lacking_status:
+                results[index] = _result(entity_type, entity_id, "need_status",
+                                         status_id=lacking_status[0].hex)
+            elif lacking_file:
+                results[index] = self._need_file_data(session, entity_type, entity_id,
+                                                      lacking_file[0])
+            else:
+                ready.append((index, entity))
+        return ready
+
+    def _insert_ready(self, session: Session, ready: list[tuple[int, Event | FileRecord]],
+                      source: store.Source, results: dict[int, dict]) -> list[Event | FileRecord]:
+        """Insert the ready records, together if possible; return those stored now."""
+        try:
+            with session.begin_nested():
+                store.insert_records(session, [entity for _, entity in ready], source)
+        except IntegrityError:
+            stored_now = []
+            for index, entity in ready:
+                results[index], stored = self._store_one(session, entity, source)
+                if stored:
+                    stored_now.append(entity)
+            return stored_now
+        for index, entity in ready:
+            results[index] = _result(entity.ENTITY_TYPE, entity.id.hex, "complete")
+        return [entity for _, entity in ready]
 
     def _store_one(self, session: Session, entity: Event | FileRecord,
                    source: store.Source) -> tuple[dict, bool]:
@@ -319,9 +368,21 @@ def _is_stored(session: Session, entity: Event | FileRecord) -> bool:
     return store.has_file_record(session, entity.file_id)
 
 
-def _stored_ids(session: Session, planned: Iterable[PlannedEntity]) -> set[uuid.UUID]:
-    events = [entity.entity_id for entity in planned if entity.entity_type == "event"]
-    files = [entity.entity_id for entity in planned if entity.entity_type == "file"]
+def _files_of(entity: Event | FileRecord) -> list[FileRecord]:
+    return list(entity.files) if isinstance(entity, Event) else [entity]
+
+
+def _statuses_of(entity: Event | FileRecord) -> list[uuid.UUID]:
+    """The statuses a record needs: its own, and those its files name."""
+    return list(dict.fromkeys([entity.status_id] + [record.status_id for record in _files_of(entity)
+                                                    if isinstance(entity, Event)]))
+
+
+def _stored_ids(session: Session, typed_ids: Iterable[tuple[str, uuid.UUID]]) -> set[uuid.UUID]:
+    """Which of these (entity type, id) are stored, in one query a type."""
+    typed_ids = list(typed_ids)
+    events = [entity_id for entity_type, entity_id in typed_ids if entity_type == "event"]
+    files = [entity_id for entity_type, entity_id in typed_ids if entity_type == "file"]
     stored = set()
     if events:
         stored |= set(session.scalars(select(EventRow.event_id).where(EventRow.event_id.in_(events))))

@@ -131,7 +131,7 @@ def record_blobs(session: Session, blobs: Sequence[tuple[uuid.UUID, str, int]]) 
                     .where(UploadFailureRow.file_id.in_([file_id for file_id, _, _ in blobs])))
 
 
-def _claim_blobs(session: Session, records: Sequence[FileRecord]) -> list[uuid.UUID]:
+def claim_blobs(session: Session, records: Sequence[FileRecord]) -> list[uuid.UUID]:
     """Refresh the blobs ``records`` rely on, inside the storing transaction.
 
     The update takes the rows' write locks, so the orphan sweep (which deletes only rows
@@ -300,40 +300,54 @@ def insert_event(session: Session, event: Event, source: Source = LOCAL) -> list
 
     Returns the ids of files whose bytes are missing (nothing is stored then).
     """
-    missing = _claim_blobs(session, event.files)
-    if missing:
-        return missing
-    received_at = now_ms()
-    # Parents first: the foreign keys point at them.
-    _insert_rows(session, EventRow.__table__, [dict(
-        event_id=event.event_id, camera_id=event.camera_id, event_time=event.event_time,
-        event_type=str(event.event_type), status_id=event.status_id,
-        **_provenance(source, received_at))])
-    _insert_rows(session, EventMetaRow.__table__, _meta_values("event_id", event.event_id, event.meta))
-    _insert_rows(session, FileRecordRow.__table__,
-                 [_file_values(record, source, received_at, event.event_id, position)
-                  for position, record in enumerate(event.files)])
-    _insert_rows(session, FileMetaRow.__table__,
-                 [row for record in event.files
-                  for row in _meta_values("file_id", record.file_id, record.meta)])
-    # The files are part of the event's change, not changes of their own.
-    feed.record_arrival(session, "event", event.event_id, event.camera_id, event.event_time,
-                        received_at, [record.camera_id for record in event.files])
-    return []
+    missing = claim_blobs(session, event.files)
+    if not missing:
+        insert_records(session, [event], source)
+    return missing
 
 
 def insert_file_record(session: Session, record: FileRecord,
                        source: Source = LOCAL) -> list[uuid.UUID]:
     """Store a stand-alone file record; returns ``[file_id]`` if its bytes are missing."""
-    missing = _claim_blobs(session, [record])
-    if missing:
-        return missing
+    missing = claim_blobs(session, [record])
+    if not missing:
+        insert_records(session, [record], source)
+    return missing
+
+
+def insert_records(session: Session, records: Sequence[Event | FileRecord],
+                   source: Source = LOCAL) -> None:
+    """Store events (with their files and meta) and stand-alone file records, a few
+    statements for all of them.
+
+    The caller has checked what they need: their statuses are stored and
+    :func:`claim_blobs` found their files' bytes. A record already stored raises
+    IntegrityError, and nothing of the call is then stored.
+    """
     received_at = now_ms()
-    _insert_rows(session, FileRecordRow.__table__, [_file_values(record, source, received_at)])
-    _insert_rows(session, FileMetaRow.__table__, _meta_values("file_id", record.file_id, record.meta))
-    feed.record_arrival(session, "file", record.file_id, record.camera_id, record.file_time,
-                        received_at)
-    return []
+    events = [record for record in records if isinstance(record, Event)]
+    standalone = [record for record in records if isinstance(record, FileRecord)]
+    files = [_file_values(record, source, received_at, event.event_id, position)
+             for event in events for position, record in enumerate(event.files)]
+    files += [_file_values(record, source, received_at) for record in standalone]
+    all_files = [record for event in events for record in event.files] + standalone
+    # Parents first: the foreign keys point at them.
+    _insert_rows(session, EventRow.__table__, [dict(
+        event_id=event.event_id, camera_id=event.camera_id, event_time=event.event_time,
+        event_type=str(event.event_type), status_id=event.status_id,
+        **_provenance(source, received_at)) for event in events])
+    _insert_rows(session, EventMetaRow.__table__,
+                 [row for event in events for row in _meta_values("event_id", event.event_id, event.meta)])
+    _insert_rows(session, FileRecordRow.__table__, files)
+    _insert_rows(session, FileMetaRow.__table__,
+                 [row for record in all_files for row in _meta_values("file_id", record.file_id, record.meta)])
+    for event in events:
+        # The files are part of the event's change, not changes of their own.
+        feed.record_arrival(session, "event", event.event_id, event.camera_id, event.event_time,
+                            received_at, [record.camera_id for record in event.files])
+    for record in standalone:
+        feed.record_arrival(session, "file", record.file_id, record.camera_id, record.file_time,
+                            received_at)
 
 
 # Reads -----------------------------------------------------------------------------
