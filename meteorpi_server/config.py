@@ -168,6 +168,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("export_timeout_seconds", 300.0,
             "How long the exporter waits for a target's reply (or any read) before giving up.",
             _positive_seconds),
+    Setting("export_concurrency", 4,
+            "Uploads (bundles of small files, or large files) the exporter sends at once to "
+            "a target that speaks protocol v2.", _positive_int),
     Setting("export_chunk_bytes", 8 * 1024 ** 2,
             "Chunk size of the exporter's resumable uploads (the target's own limit, if "
             "smaller, wins); a cut connection costs at most one chunk.", _positive_int),
@@ -228,6 +231,7 @@ class Config:
     export_backoff_max_seconds: float
     export_connect_timeout_seconds: float
     export_timeout_seconds: float
+    export_concurrency: int
     export_chunk_bytes: int
     export_ca_bundle: str
     read_access: str

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 
 import requests
@@ -95,7 +95,28 @@ class BatchSender:
         self.source = source
         self.concurrency = concurrency
         self.max_entities = client.capabilities["batch"]["max_entities"]
+        # Upload threads and their sessions live as long as the sender, so connections
+        # are reused from batch to batch; close() ends them.
         self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    def __enter__(self) -> BatchSender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the upload threads and close their connections."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
 
     def send(self, entities: list[Event | FileRecord], progress: Progress | None = None,
              stats: BatchStats | None = None) -> dict[uuid.UUID, ExportResult]:
@@ -193,16 +214,20 @@ class BatchSender:
         resumable = [(record, offset) for record, offset in jobs
                      if not (offset == 0 and self._bundles(record))]
         failures: dict[uuid.UUID, str] = {}
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="meteorpi-upload")
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
+                                            thread_name_prefix="meteorpi-upload")
+        futures = [self._pool.submit(self._upload_bundle, bundle, progress, stats)
+                   for bundle in self._bundled(bundled)]
+        futures += [self._pool.submit(self._upload_one, record, offset, progress, stats)
+                    for record, offset in resumable]
         try:
-            futures = [pool.submit(self._upload_bundle, bundle, progress, stats)
-                       for bundle in self._bundled(bundled)]
-            futures += [pool.submit(self._upload_one, record, offset, progress, stats)
-                        for record, offset in resumable]
             for future in as_completed(futures):
                 failures.update(future.result())
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # on a target error, drop what has not started and wait for the rest
+            for future in futures:
+                future.cancel()
+            wait(futures)
         return failures
 
     def _bundle_limit(self) -> int:
@@ -283,6 +308,8 @@ class BatchSender:
             session.auth = self.client.session.auth
             session.verify = self.client.session.verify
             session.headers.update(self.client.session.headers)
+            with self._sessions_lock:
+                self._sessions.append(session)
             limits = self.client.capabilities["uploads"]["resumable"]
             uploader = ResumableUploader(session, self.client.import_url,
                                          chunk_size=self.client.chunk_size,
