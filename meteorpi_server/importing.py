@@ -113,7 +113,8 @@ class ImportRequest:
             entity = cache.get(user, entity_id)
             entity_type = entity.ENTITY_TYPE if entity is not None else "unknown"
             return cls(entity_type, entity_id, entity, user, origin_server)
-        if request_type not in ENTITY_CLASSES:
+        # A list or object here is unhashable: test the type before the dict lookup.
+        if not isinstance(request_type, str) or request_type not in ENTITY_CLASSES:
             raise ProtocolError(
                 f"type must be one of event, file, status, cached_entity (got {request_type!r})",
                 field="type")

@@ -27,26 +27,31 @@ def bad_event(**changes):
     return {"type": "event", "event": document}
 
 
-@pytest.mark.parametrize("body, error, mentions", [
-    (b"{not json", "bad_json", "not valid JSON"),
-    (b"", "bad_json", "not valid JSON"),
-    (b'{"type": "event", "event": NaN}', "bad_json", "NaN"),
-    (b"[1, 2]", "bad_request", "JSON object"),
-    (b'"event"', "bad_request", "JSON object"),
-    (b'{"type": "meteor"}', "bad_request", "type"),
-    (b'{"event": {}}', "bad_request", "type"),
-    (b'{"type": "event"}', "bad_request", "'event' object"),
-    (b'{"type": "cached_entity", "cached_entity_id": "xyz"}', "invalid_entity", "cached_entity_id"),
-    (b'{"type": "cached_entity"}', "invalid_entity", "cached_entity_id"),
-], ids=["truncated", "empty", "nan", "array", "string", "unknown-type", "no-type",
-        "no-entity", "bad-cached-id", "no-cached-id"])
-def test_a_malformed_request_is_a_400_that_says_why(client, exporter_auth, services, body, error, mentions):
+@pytest.mark.parametrize("body, error, mentions, field", [
+    (b"{not json", "bad_json", "not valid JSON", None),
+    (b"", "bad_json", "not valid JSON", None),
+    (b'{"type": "event", "event": NaN}', "bad_json", "NaN", None),
+    (b"[1, 2]", "bad_request", "JSON object", None),
+    (b'"event"', "bad_request", "JSON object", None),
+    (b'{"type": "meteor"}', "bad_request", "type", "type"),
+    (b'{"event": {}}', "bad_request", "type", "type"),
+    (b'{"type": []}', "bad_request", "type", "type"),
+    (b'{"type": {}}', "bad_request", "type", "type"),
+    (b'{"type": "event"}', "bad_request", "'event' object", "event"),
+    (b'{"type": "cached_entity", "cached_entity_id": "xyz"}', "invalid_entity", "cached_entity_id",
+     "cached_entity_id"),
+    (b'{"type": "cached_entity"}', "invalid_entity", "cached_entity_id", "cached_entity_id"),
+], ids=["truncated", "empty", "nan", "array", "string", "unknown-type", "no-type", "type-is-a-list",
+        "type-is-an-object", "no-entity", "bad-cached-id", "no-cached-id"])
+def test_a_malformed_request_is_a_400_that_says_why(client, exporter_auth, services, body, error,
+                                                    mentions, field):
     response = client.post("/import", data=body, auth=exporter_auth,
                            content_type="application/json")
     assert response.status_code == 400
     reply = response.get_json()
     assert reply["error"] == error
     assert mentions in reply["message"]
+    assert reply.get("field") == field
     assert reply["state"] == "failed"  # what a legacy exporter reads
     assert nothing_written(services)
 
