@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from meteorpi_model import FileRecord
+from meteorpi_model import Event, FileRecord
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -192,14 +192,29 @@ class DatabaseImportReceiver(BaseImportReceiver):
         return _STORED
 
     def _need_file_data(self, request: ImportRequest, file_id: uuid.UUID) -> Reply:
+        """Ask for a file's bytes, or answer ``failed`` once uploads of it keep failing.
+
+        Bytes held under another md5 than the record's count as a failed upload each time
+        they are found here: they match the md5 in their upload URL, so they were stored,
+        but they will never complete this record, and without counting them the exporter
+        would be asked for them for ever.
+        """
+        expected = _record_md5(request, file_id)
         window_start = store.now_ms() - self.config.upload_attempts_window_seconds * 1000
+        with self.database.read() as session:
+            held = store.blob_md5(session, file_id)
+        if held is not None and expected is not None and held != expected:
+            log.warning("bytes held for file %s have md5 %s, its record says %s",
+                        file_id.hex, held, expected)
+            with self.database.write() as session:
+                store.note_upload_failure(session, file_id, held)
         with self.database.read() as session:
             failures = store.recent_upload_failures(session, file_id, window_start)
         if failures >= self.config.upload_attempts:
             return request.failed(
-                f"the bytes uploaded for file {file_id.hex} did not match their md5 {failures} "
-                "times; check that file on the camera node (its bytes or its recorded md5 may "
-                f"be wrong). It will be asked for again after "
+                f"the bytes uploaded for file {file_id.hex} did not match the md5 of its record "
+                f"{failures} times; check that file on the camera node (its bytes or its "
+                "recorded md5 may be wrong). It will be asked for again after "
                 f"{self.config.upload_attempts_window_seconds} s.")
         return request.need_file_data(file_id)
 
@@ -242,6 +257,14 @@ class DatabaseImportReceiver(BaseImportReceiver):
                 self.file_stored(record, self.files.path_for(record.file_id))
             except Exception:  # a user's hook must not turn a stored import into a failure
                 log.exception("file_stored hook failed for file %s", record.file_id.hex)
+
+
+def _record_md5(request: ImportRequest, file_id: uuid.UUID) -> str | None:
+    """The md5 the request's event or file record gives for ``file_id`` (None if absent)."""
+    entity = request.entity
+    records = entity.files if isinstance(entity, Event) else [entity]
+    return next((record.md5 for record in records
+                 if isinstance(record, FileRecord) and record.file_id == file_id), None)
 
 
 # 'complete' because this request stored the entity (not because it was already there).

@@ -191,6 +191,28 @@ def test_bytes_with_another_md5_than_the_record_are_asked_for_again(node, camera
     assert node.send_cached(event.event_id)["state"] == "need_file_data"
 
 
+def test_bytes_that_keep_missing_the_records_md5_fail_the_import(node, camera, dataset, services):
+    # The bytes match the md5 in their upload URL, so they are kept, but never the record's:
+    # each round counts as a failed upload, so the exporter is not asked for them for ever.
+    event = dataset.add_event(camera, file_count=1)
+    record = event.files[0]
+    node.send(event)
+    node.send(camera)
+    other = b"a different but self-consistent upload"
+    attempts = services.config.upload_attempts
+    states = []
+    for _ in range(attempts):
+        node.upload(record.file_id, other, md5=md5_bytes(other))
+        reply = node.send_cached(event.event_id)
+        states.append(reply["state"])
+    assert states == ["need_file_data"] * (attempts - 1) + ["failed"]
+    assert record.file_id.hex in reply["message"] and "md5" in reply["message"]
+    assert stored(services)["events"] == 0
+    # The right bytes still complete it.
+    node.upload(record.file_id, dataset.contents[record.file_id])
+    assert node.send_cached(event.event_id) == {"state": "complete"}
+
+
 def test_a_file_id_that_belongs_to_another_event_fails_without_writing(node, camera, dataset, services):
     first = dataset.add_event(camera, file_count=1)
     node.replicate(first, dataset.statuses, dataset.contents)
