@@ -117,6 +117,9 @@ class FileStore:
         hasher = MD5Stream()
         try:
             with open(temporary, "xb") as out:
+                # Held until the file is in place: remove_stale_uploads skips locked files,
+                # so a slow sender's upload is never deleted from under it.
+                fcntl.flock(out.fileno(), fcntl.LOCK_EX)
                 while chunk := source.read(CHUNK_SIZE):
                     hasher.update(chunk)
                     if max_bytes is not None and hasher.bytes_seen > max_bytes:
@@ -124,10 +127,10 @@ class FileStore:
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            actual = hasher.hexdigest()
-            if actual != expected_md5:
-                raise Md5Mismatch(file_id, expected_md5, actual, hasher.bytes_seen)
-            self.adopt(file_id, temporary, sync_directories)
+                actual = hasher.hexdigest()
+                if actual != expected_md5:
+                    raise Md5Mismatch(file_id, expected_md5, actual, hasher.bytes_seen)
+                self.adopt(file_id, temporary, sync_directories)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise

@@ -57,8 +57,9 @@ def sweep_orphan_data(database: Database, files: FileStore, older_than_seconds: 
 class PeriodicSweep:
     """Runs :func:`sweep_orphan_data` at most every ``interval_seconds`` in this process.
 
-    Triggered by upload requests, so a server that receives files cleans up after itself
-    without a scheduler; concurrent triggers in other threads skip rather than wait.
+    Triggered by /import requests (entities, uploads, discovery), so a server that
+    exporters talk to cleans up after itself without a scheduler; concurrent triggers in
+    other threads skip rather than wait.
     """
 
     def __init__(self, database: Database, files: FileStore, config, interval_seconds: float = 600):
@@ -70,6 +71,7 @@ class PeriodicSweep:
         self._lock = threading.Lock()
 
     def maybe_run(self) -> None:
+        """Sweep now if the last sweep in this process was ``interval_seconds`` ago or more."""
         now = time.monotonic()
         if now < self._next_run or not self._lock.acquire(blocking=False):
             return
@@ -77,7 +79,7 @@ class PeriodicSweep:
             self._next_run = now + self.interval
             sweep_orphan_data(self.database, self.files, self.config.orphan_data_seconds,
                               self.config.upload_expiry_seconds)
-        except Exception:  # a failed sweep must not fail the upload that triggered it
+        except Exception:  # a failed sweep must not fail the request that triggered it
             log.exception("sweeping orphaned file data failed")
         finally:
             self._lock.release()

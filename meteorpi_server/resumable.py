@@ -140,13 +140,8 @@ class ResumableUploads:
         if self.receiver.has_file_data(file_id, md5):
             return UploadState(length, complete=True)
         path = self.files.upload_path(file_id, md5)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = _open_locked(path)
         try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UploadBusy("another request is writing to this upload; ask for the "
-                                 "offset again and resume from there") from None
             held = os.fstat(descriptor).st_size
             if offset != held:
                 raise OffsetMismatch(f"this upload continues at byte {held}, not {offset}", held)
@@ -207,3 +202,31 @@ class ResumableUploads:
         finally:
             path.unlink(missing_ok=True)
         return UploadState(length, complete=True)
+
+
+def _open_locked(path) -> int:
+    """Open (creating it if need be) and exclusively lock the partial file at ``path``.
+
+    Raises UploadBusy if another request holds the lock. Opening and locking are two
+    steps: a sweep of stale uploads may delete the file in between, and a chunk written
+    to that unlinked file would be acknowledged and lost. So once locked, the descriptor
+    must still be the file at ``path``; if it is not, open what is there now.
+    """
+    for _ in range(3):
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise UploadBusy("another request is writing to this upload; ask for the "
+                             "offset again and resume from there") from None
+        opened = os.fstat(descriptor)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            return descriptor
+        os.close(descriptor)
+    raise UploadBusy("this upload's partial file keeps being replaced; ask for the offset "
+                     "again and resume from there")

@@ -86,3 +86,35 @@ def test_idle_unfinished_uploads_are_removed_and_active_ones_kept(files):
         fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
         assert files.remove_stale_uploads(older_than_seconds=3600) == 1
     assert sorted(leftovers(files)) == ["fresh", "locked"]
+
+
+class SweptWhileSending(io.RawIOBase):
+    """A sender so slow that its upload looks idle: between its two pieces the temporary
+    file is aged past the expiry and the stale-upload sweep runs."""
+
+    def __init__(self, files):
+        self.files = files
+        self.calls = 0
+        self.removed = None
+
+    def read(self, size=-1):
+        import os
+
+        self.calls += 1
+        if self.calls == 1:
+            return DATA[: 1 << 20]
+        if self.calls == 2:
+            for path in self.files.uploads.iterdir():
+                os.utime(path, (0, 0))
+            self.removed = self.files.remove_stale_uploads(older_than_seconds=3600)
+            return DATA[1 << 20:]
+        return b""
+
+
+def test_a_whole_file_upload_in_progress_is_never_swept_away(files):
+    file_id = uuid.uuid4()
+    source = SweptWhileSending(files)
+    files.write(file_id, source, md5_bytes(DATA))
+    assert source.removed == 0
+    assert files.path_for(file_id).read_bytes() == DATA
+    assert leftovers(files) == [file_id.hex]

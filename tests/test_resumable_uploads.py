@@ -155,6 +155,31 @@ def test_two_writers_on_one_upload_do_not_interleave(uploader, file_id, services
     assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
 
 
+def test_a_chunk_is_never_acknowledged_into_a_partial_file_swept_away_under_it(
+        uploader, file_id, services, monkeypatch):
+    import os
+
+    uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000])
+    partial = services.files.upload_path(file_id, MD5)
+    real_flock = fcntl.flock
+
+    def sweep_then_lock(descriptor, operation):
+        # The next chunk has opened the partial file but not yet locked it: just then the
+        # upload looks abandoned and the sweep of stale uploads deletes it.
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        os.utime(partial, (0, 0))
+        assert services.files.remove_stale_uploads(older_than_seconds=60) == 1
+        return real_flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", sweep_then_lock)
+    response = uploader.chunk(file_id, MD5, 1000, len(DATA), DATA[1000:2000])
+    assert response.status_code == 409
+    assert response.get_json()["offset"] == 0  # the truth: the server holds nothing now
+    assert uploader.state(file_id, MD5).get_json()["offset"] == 0
+    assert uploader.send_all(file_id, DATA, 100_000).get_json()["complete"]
+    assert services.files.path_for(file_id).read_bytes() == DATA
+
+
 def test_an_upload_of_bytes_already_stored_is_complete_at_once(client, exporter_auth, uploader, tmp_path):
     dataset = factories.DataSet(tmp_path / "node")
     camera = factories.status()
@@ -233,4 +258,39 @@ def test_the_server_removes_idle_partial_uploads_by_itself(settings, exporter_au
     uploader.chunk(active, MD5, 0, len(DATA), DATA[:1000])  # any upload triggers the sweep
     assert uploader.state(abandoned, MD5).get_json()["offset"] == 0
     assert uploader.state(active, MD5).get_json()["offset"] == 1000
+    services.database.dispose()
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_the_server_removes_idle_partial_uploads_without_upload_requests(settings, exporter_auth,
+                                                                         method):
+    import os
+
+    from meteorpi_server import create_app
+
+    settings["upload_expiry_seconds"] = 60
+    app = create_app(settings)
+    services = app.extensions["meteorpi"]
+    client = app.test_client()
+
+    def abandoned_upload():
+        path = services.files.upload_path(uuid.uuid4(), MD5)
+        path.write_bytes(DATA[:1000])
+        os.utime(path, (0, 0))
+        return path
+
+    def import_request():  # the node still talks to the server but sends no files
+        if method == "POST":
+            response = client.post("/import", auth=exporter_auth, json={
+                "type": "cached_entity", "cached_entity_id": uuid.uuid4().hex})
+        else:
+            response = client.get("/import", auth=exporter_auth)
+        assert response.status_code == 200
+
+    first = abandoned_upload()
+    import_request()
+    assert not first.exists()
+    second = abandoned_upload()
+    import_request()  # the sweep runs at most every ten minutes per worker
+    assert second.exists()
     services.database.dispose()

@@ -48,6 +48,88 @@ def test_a_client_that_vanishes_mid_upload_leaves_no_file(gunicorn_server, expor
     assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
 
 
+def basic_auth_header(auth) -> str:
+    return "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+
+
+def go_silent_mid_request(server_url: str, head: bytes, some_body: bytes) -> socket.socket:
+    """Send a request's headers and part of its body, then nothing more, without closing:
+    what the server sees of a sender behind a link that died (a half-open connection)."""
+    host, port = server_url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)))
+    connection.sendall(head + some_body)
+    return connection
+
+
+def reply_status(connection: socket.socket) -> int:
+    connection.settimeout(60)  # a bound for a broken server, not a measurement
+    status_line = connection.makefile("rb").readline()
+    return int(status_line.split()[1])
+
+
+def test_a_sender_gone_silent_mid_chunk_does_not_hold_the_upload(gunicorn_server, settings,
+                                                                 exporter_auth, services):
+    settings["upload_read_timeout_seconds"] = 1
+    server = gunicorn_server(workers=1)
+    chunk = 64 * 1024
+    data = bytes(range(256)) * (3 * chunk // 256)
+    file_id, md5 = uuid.uuid4(), md5_bytes(data)
+    url = f"{server.url}/import/data/{file_id.hex}/{md5}"
+    session = requests.Session()
+    session.auth = exporter_auth
+
+    def patch(offset: int, body: bytes):
+        return session.patch(url, data=body, timeout=30, headers={
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Offset": str(offset), "Upload-Length": str(len(data))})
+
+    assert patch(0, data[:chunk]).json()["offset"] == chunk
+    head = (f"PATCH /import/data/{file_id.hex}/{md5} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {basic_auth_header(exporter_auth)}\r\n"
+            "Content-Type: application/offset+octet-stream\r\n"
+            f"Upload-Offset: {chunk}\r\nUpload-Length: {len(data)}\r\n"
+            f"Content-Length: {chunk}\r\n\r\n").encode()
+    silent = go_silent_mid_request(server.url, head, data[chunk:chunk + chunk // 2])
+    # Wait until the silent request holds the upload (a probe at a wrong offset writes
+    # nothing: it is told either upload_busy or the right offset).
+    for _ in range(600):
+        if patch(0, b"").json()["error"] == "upload_busy":
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the silent request never took the upload")
+    # The sender, back on a working link, resumes from whatever offset the server states.
+    offset = None
+    for _ in range(600):
+        state = session.get(url, timeout=30).json()
+        offset = state["offset"]
+        reply = patch(offset, data[offset:offset + chunk])
+        if reply.status_code == 409:  # still busy, or the offset moved meanwhile: ask again
+            time.sleep(0.05)
+            continue
+        assert reply.status_code == 200, reply.text
+        if reply.json()["complete"]:
+            break
+    else:
+        pytest.fail(f"the upload stayed locked by the silent sender (last offset {offset})")
+    assert services.files.path_for(file_id).read_bytes() == data
+    assert reply_status(silent) == 408  # the silent request was ended, and told why
+    silent.close()
+
+
+def test_a_legacy_upload_gone_silent_is_ended_and_leaves_nothing(gunicorn_server, settings,
+                                                                 exporter_auth, services):
+    settings["upload_read_timeout_seconds"] = 1
+    server = gunicorn_server(workers=1)
+    data = b"x" * (256 * 1024)
+    silent = go_silent_mid_request(
+        server.url, raw_upload_head(server.url, exporter_auth, uuid.uuid4(), md5_bytes(data),
+                                    len(data) + 200), data[:len(data) // 2])
+    assert reply_status(silent) == 408
+    silent.close()
+    assert files_on_disk(services) == []
+
+
 def test_a_chunked_upload_is_accepted(gunicorn_server, exporter_auth, services):
     server = gunicorn_server(workers=1)
     data = bytes(range(256)) * 4096

@@ -9,7 +9,7 @@ from ..files import IncompleteUpload
 from ..resumable import Checksum, UploadError
 from .errors import ApiError, error_response
 from .security import current_user, requires_role
-from .uploads import MultipartFileField, read_json
+from .uploads import MultipartFileField, body_read_timeout, read_json
 
 blueprint = Blueprint("importer", __name__)
 
@@ -38,13 +38,18 @@ def describe_import():
 
     A legacy server answers 405 here, which tells an exporter to use the legacy protocol.
     """
-    return jsonify(_services().capabilities())
+    services = _services()
+    services.sweep.maybe_run()
+    return jsonify(services.capabilities())
 
 
 @blueprint.post("/import")
 @requires_role("import")
 def import_entity():
     services = _services()
+    # Every import request may trigger the (rate-limited) sweep, not only uploads: a
+    # server whose nodes stopped sending files must still clear their abandoned uploads.
+    services.sweep.maybe_run()
     document = read_json(request, services.config.max_json_bytes)
     reply = services.importer.handle(document, current_user().name, origin_server())
     return jsonify(reply.to_dict())
@@ -57,12 +62,13 @@ def import_file_data(file_id: str, md5: str):
     services = _services()
     file_id, md5 = _upload_target(file_id, md5)
     services.sweep.maybe_run()
-    content = MultipartFileField(request, "file", services.config.max_upload_bytes).open()
-    try:
-        reply = services.importer.handle_file_data(file_id, md5, content, current_user().name)
-    except IncompleteUpload as error:
-        raise ApiError(400, str(error), "incomplete_upload") from None
-    content.discard_rest()
+    with body_read_timeout(request, services.config.upload_read_timeout_seconds):
+        content = MultipartFileField(request, "file", services.config.max_upload_bytes).open()
+        try:
+            reply = services.importer.handle_file_data(file_id, md5, content, current_user().name)
+        except IncompleteUpload as error:
+            raise ApiError(400, str(error), "incomplete_upload") from None
+        content.discard_rest()
     return jsonify(reply.to_dict())
 
 
@@ -110,13 +116,17 @@ def upload_chunk(file_id: str, md5: str):
         raise ApiError(415, f"a chunk's Content-Type must be {RESUMABLE_MEDIA_TYPE}",
                        "unsupported_media_type")
     offset, length = _header_int("Upload-Offset"), _header_int("Upload-Length")
-    _services().sweep.maybe_run()
+    services = _services()
+    services.sweep.maybe_run()
     checksum_header = request.headers.get("Upload-Checksum")
     try:
         checksum = Checksum.parse(checksum_header) if checksum_header else None
-        state = _services().uploads.append(
-            file_id, md5, offset, length, request.stream, current_user().name,
-            checksum=checksum, chunk_length=request.content_length)
+        # The upload's lock is released when append returns or raises, so a silent
+        # sender holds it for at most the read timeout.
+        with body_read_timeout(request, services.config.upload_read_timeout_seconds):
+            state = services.uploads.append(
+                file_id, md5, offset, length, request.stream, current_user().name,
+                checksum=checksum, chunk_length=request.content_length)
     except UploadError as error:
         details = {} if error.offset is None else {"offset": error.offset}
         response = error_response(error.status, error.error, error.message, **details)

@@ -1,8 +1,10 @@
 """Reading request bodies within limits: JSON documents and streamed multipart uploads."""
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+import socket
+from typing import Any, Iterator
 
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -37,6 +39,48 @@ def read_json(request: Request, limit: int) -> Any:
     # RecursionError: nesting deeper than the parser's stack, e.g. a body of '[' * 10**5.
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise ApiError(400, f"the request body is not valid JSON: {error}", "bad_json") from None
+
+
+@contextlib.contextmanager
+def body_read_timeout(request: Request, seconds: float) -> Iterator[None]:
+    """Within the block, each read of the request body waits at most ``seconds`` for data.
+
+    A sender that goes silent without closing its connection (a half-open link) would
+    otherwise block the read for ever, holding a worker thread and the upload's lock
+    against the sender's own resumption. A read that times out raises, so the caller
+    handles the bytes read so far as for a cut connection; the block then ends in a 408.
+    Applies under gunicorn and werkzeug's server, which expose the client socket;
+    elsewhere (a test client) it does nothing.
+    """
+    environ = request.environ
+    connection = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    if not isinstance(connection, socket.socket):
+        yield
+        return
+    previous = connection.gettimeout()
+    connection.settimeout(seconds)
+    try:
+        yield
+    except Exception as error:
+        if not _caused_by_timeout(error):
+            raise
+        raise ApiError(408, f"the sender was silent for {seconds:g} s in the middle of the "
+                            "request body; ask for the offset and resume from there",
+                       "request_timeout") from None
+    finally:
+        with contextlib.suppress(OSError):  # the connection may be closed by now
+            connection.settimeout(previous)
+
+
+def _caused_by_timeout(error: BaseException | None) -> bool:
+    # Servers and werkzeug wrap the socket's TimeoutError (e.g. in ClientDisconnected).
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, TimeoutError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class MultipartFileField:
