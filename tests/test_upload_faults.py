@@ -6,6 +6,7 @@ not sent again, and no partial file is ever visible at the file's final path.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import textwrap
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 import requests
@@ -29,16 +31,91 @@ CHUNK = 1 << 20
 HEADER_ALLOWANCE = 64 * 1024
 
 
-class CuttingProxy:
-    """A TCP proxy that cuts the connection once client-to-server traffic passes each
-    byte count in ``cuts`` (counted over all connections), and counts what it forwarded."""
+@dataclass(frozen=True)
+class AfterPatchBody:
+    """A cut right after the last body byte of the ``n``th PATCH (counting from 1): the
+    chunk arrives whole and the server stores it, but its reply is lost."""
 
-    def __init__(self, upstream_port: int, cuts: list[int], delay_per_piece: float = 0.0):
+    n: int
+
+
+@dataclass(frozen=True)
+class InPatchHeaders:
+    """A cut in the middle of the ``n``th PATCH's headers: the chunk before it was
+    acknowledged, and this request never reaches the application."""
+
+    n: int
+
+
+@dataclass(frozen=True)
+class Request:
+    """Where one request lies in its connection's client-to-server bytes."""
+
+    method: str
+    start: int
+    headers_end: int
+    body_end: int
+
+
+class RequestFramer:
+    """Follows the requests in one connection's client-to-server bytes.
+
+    Enough HTTP/1.1 for what the exporter sends: bodies framed by Content-Length (no
+    chunked encoding), one request at a time.
+    """
+
+    def __init__(self):
+        self.position = 0  # bytes of this connection fed so far
+        self._head = b""
+        self._head_start = 0
+        self._body_left = 0
+
+    def feed(self, data: bytes) -> list[Request]:
+        """The requests whose headers end within ``data``."""
+        found = []
+        data_start, index = self.position, 0
+        self.position += len(data)
+        while index < len(data):
+            if self._body_left:
+                step = min(self._body_left, len(data) - index)
+                self._body_left -= step
+                index += step
+                continue
+            if not self._head:
+                self._head_start = data_start + index
+            before = len(self._head)
+            self._head += data[index:]
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            index += end + 4 - before
+            headers_end = self._head_start + end + 4
+            length = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", self._head[:end + 4],
+                               re.IGNORECASE)
+            self._body_left = int(length[1]) if length else 0
+            method = self._head.split(b" ", 1)[0].decode()
+            found.append(Request(method, self._head_start, headers_end,
+                                 headers_end + self._body_left))
+            self._head = b""
+        return found
+
+
+class CuttingProxy:
+    """A TCP proxy that cuts connections, and counts what it forwarded client-to-server.
+
+    Each cut is a byte count of client-to-server traffic (counted over all connections)
+    or a place in the request stream (:class:`AfterPatchBody`, :class:`InPatchHeaders`,
+    counting PATCH requests over all connections), found by following the requests.
+    """
+
+    def __init__(self, upstream_port: int, cuts: list, delay_per_piece: float = 0.0):
         self.upstream_port = upstream_port
-        self.cuts = sorted(cuts)
+        self.cuts = sorted(cut for cut in cuts if isinstance(cut, int))
+        self.pending = [cut for cut in cuts if not isinstance(cut, int)]
         self.delay = delay_per_piece
         self.forwarded = 0
         self.cut_count = 0
+        self.patches = 0
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -59,10 +136,30 @@ class CuttingProxy:
             threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._pump_down, args=(upstream, client), daemon=True).start()
 
+    def _place_cuts(self, framer: RequestFramer, data: bytes) -> None:
+        """Turn the pending cuts that fall in requests starting in ``data`` into byte counts."""
+        data_start = framer.position
+        # Connection position p is total byte count self.forwarded + (p - data_start).
+        for request in framer.feed(data):
+            if request.method != "PATCH":
+                continue
+            self.patches += 1
+            for cut in list(self.pending):
+                if cut.n != self.patches:
+                    continue
+                if isinstance(cut, AfterPatchBody):
+                    position = request.body_end
+                else:
+                    position = max((request.start + request.headers_end) // 2, data_start)
+                self.pending.remove(cut)
+                self.cuts = sorted(self.cuts + [self.forwarded + position - data_start])
+
     def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
+        framer = RequestFramer()
         try:
             while data := client.recv(65536):
                 with self._lock:
+                    self._place_cuts(framer, data)
                     limit = self.cuts[0] - self.forwarded if self.cuts else len(data)
                     piece = data[:max(limit, 0)]
                     self.forwarded += len(piece)
@@ -158,9 +255,10 @@ def uploader_for(url: str, auth, **options) -> ResumableUploader:
 @pytest.mark.parametrize("cut_points", [
     [100],                                  # inside the first request's headers
     [CHUNK // 2],                           # inside the first chunk
-    [CHUNK + 400],                          # just after the first chunk, in the next request
+    [AfterPatchBody(1)],                    # the first chunk arrives whole, its reply is lost
+    [InPatchHeaders(2)],                    # the first chunk is confirmed, the next cut short
     [3 * CHUNK + 7, 5 * CHUNK + 12345, 9 * CHUNK + 1],  # several cuts along the way
-], ids=["in-headers", "mid-chunk", "between-chunks", "several"])
+], ids=["in-headers", "mid-chunk", "reply-lost", "between-chunks", "several"])
 @pytest.mark.parametrize("checksum", ["sha256", None], ids=["checksummed", "plain"])
 def test_an_upload_survives_cut_connections(gunicorn_server, exporter_auth, services, big_file,
                                             cut_points, checksum):
