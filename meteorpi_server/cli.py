@@ -199,7 +199,7 @@ def serve(context: Context, host: str | None, port: int | None, workers: int | N
                     f"{', '.join(ROLES)}.", fg="yellow", bold=True)
         click.secho(f" Password: {password}", fg="yellow", bold=True)
         click.echo(" It is shown only this once. Log in with HTTP Basic, for example:")
-        click.echo(f"   curl -u {FIRST_USER}:{password} -X POST {url}/import -d '{{}}'")
+        click.echo(f"   curl -u {FIRST_USER}:{password} {url}/cameras")
         click.echo(f" Change it with: meteorpi users passwd {FIRST_USER}")
         click.secho("=" * 72 + "\n", fg="yellow")
     click.echo(f"serving on {url} with {config.workers} worker(s); Ctrl-C stops")

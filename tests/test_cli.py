@@ -120,6 +120,11 @@ def test_serve_tells_the_first_password_once_and_it_works(tmp_path):
                     import time
                     time.sleep(0.1)
             assert response.json() == {"state": "continue-nocache"}
+            # The command the banner suggests to try the password works as printed.
+            suggested = re.search(r"curl -u (\S+?):(\S+) (http\S+)", banner)
+            assert suggested and suggested[2] == password[1]
+            tried = requests.get(suggested[3], auth=(suggested[1], suggested[2]), timeout=10)
+            assert tried.status_code == 200, tried.text
         process.terminate()
         process.wait(20)
         return banner
@@ -128,3 +133,28 @@ def test_serve_tells_the_first_password_once_and_it_works(tmp_path):
     assert "created user 'admin'" in first and "shown only this once" in first
     second = start_and_read_banner()
     assert "Password:" not in second
+
+
+def test_the_packages_the_command_imports_are_declared_dependencies():
+    # Installing the project must install what `meteorpi` imports, not rely on Flask
+    # happening to bring it in.
+    import ast
+    import configparser
+    from importlib.metadata import packages_distributions
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    declared = {re.split(r"[<>=!~;\[ ]", line.strip())[0].lower()
+                for line in setup["options"]["install_requires"].splitlines() if line.strip()}
+    tree = ast.parse((root / "meteorpi_server" / "cli.py").read_text())
+    modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names}
+    modules |= {node.module.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
+    distributions = packages_distributions()
+    third_party = {distributions[module][0].lower() for module in modules
+                   if module not in sys.stdlib_module_names and module != "meteorpi_model"}
+    assert third_party >= {"click"}
+    assert third_party <= declared
