@@ -45,6 +45,7 @@ def _source():
 @requires_role("import")
 def plan():
     """Which of a batch of entities the server holds, and what the rest need."""
+    _services().sweep.maybe_run()  # stale uploads go even on a server that only gets batches
     return _run(lambda batch: batch.plan)
 
 
