@@ -3,6 +3,7 @@ task state stays true whatever the target does."""
 from __future__ import annotations
 
 import datetime
+import json
 import random
 import socket
 import threading
@@ -145,8 +146,8 @@ def assert_same_records_for_events(source, target) -> None:
                         == source.services.files.path_for(record.file_id).read_bytes())
 
 
-def refusing(camera_id: str):
-    """A target that answers 'failed' for every event of one camera."""
+def refusing(*camera_ids: str):
+    """A target that answers 'failed' for every event of these cameras."""
 
     def wrap(app):
         def wsgi(environ, start_response):
@@ -154,7 +155,7 @@ def refusing(camera_id: str):
             if request.method == "POST" and request.path == "/import":
                 document = request.get_json(silent=True, cache=True) or {}
                 event = document.get("event") or {}
-                if event.get("camera_id") == camera_id:
+                if event.get("camera_id") in camera_ids:
                     reply = Response('{"state": "failed", "message": "camera under repair"}',
                                      200, content_type="application/json")
                     return reply(environ, start_response)
@@ -264,3 +265,88 @@ def test_an_unexpected_error_on_this_node_is_recorded_not_a_crash(source, make_n
     assert "unexpected error on this node: OSError: Input/output error" in status.view.last_error
     assert (status.done, status.failed) == (0, 0)
     assert status.view.lease_owner is None
+
+
+def going_round_in_circles(camera_id: str, reply: dict):
+    """A target that answers ``reply`` for every event of one camera (and for the
+    ``cached_entity`` requests that follow), whatever the exporter sends."""
+    stuck: set[str] = set()
+
+    def wrap(app):
+        def wsgi(environ, start_response):
+            request = Request(environ)
+            if request.method == "POST" and request.path == "/import":
+                document = request.get_json(silent=True, cache=True) or {}
+                event = document.get("event") or {}
+                if event.get("camera_id") == camera_id:
+                    stuck.add(event["event_id"])
+                if event.get("event_id") in stuck or document.get("cached_entity_id") in stuck:
+                    return Response(json.dumps(reply), 200, content_type="application/json")(
+                        environ, start_response)
+                environ["wsgi.input"] = _Body(request.get_data())
+            return app(environ, start_response)
+        return wsgi
+    return wrap
+
+
+@pytest.mark.parametrize("reply, reason", [
+    ({"state": "need_file_data", "file_id": uuid.uuid4().hex}, "which is not part of this entity"),
+    ({"state": "continue"}, "no outcome after"),
+], ids=["foreign-file", "endless-continue"])
+def test_an_entity_the_target_goes_round_in_circles_over_is_refused_not_the_target(
+        source, make_node, reply, reason):
+    target = make_node("central", 0).serve(going_round_in_circles("demo-cam-1", reply))
+    add_export(source, target.import_url)
+    exporter = source.exporter(max_failures=2, backoff=Backoff(0, 0))
+    first = exporter.run_once().targets["central"]
+    # The other camera's events went on; the target was never blamed.
+    assert (first.entities_sent, first.target_failures) == (SMALL_NIGHT.events_per_night, 0)
+    assert first.refused >= SMALL_NIGHT.events_per_night
+    exporter.run_once()
+    status = status_of(source)
+    assert status.view.state() == "enabled" and status.view.consecutive_failures == 0
+    # Each stuck entity was charged twice (max_failures=2), then given up on, with why.
+    stuck = SMALL_NIGHT.events_per_night
+    assert (status.done, status.pending, status.failed) == (SMALL_NIGHT.events_per_night, 0, stuck)
+    with source.services.database.read() as session:
+        errors = tasks.last_task_errors(session, status.view.config_id)
+        attempts = session.scalars(select(ExportTaskRow.attempts)
+                                   .where(ExportTaskRow.state == tasks.FAILED)).all()
+    assert attempts == [2] * stuck
+    assert errors and all(reason in error for _, _, error in errors)
+
+
+def test_a_target_that_answers_who_it_is_is_up_even_if_it_refuses_everything(source, make_node):
+    target = make_node("central", 0).serve(refusing("demo-cam-1", "demo-cam-2"))
+    add_export(source, target.import_url)
+    with source.services.database.write() as session:
+        row = configs.get_row(session, "central")
+        row.consecutive_failures, row.last_error = 3, "earlier trouble"
+    summary = source.exporter(max_failures=4).run_once().targets["central"]
+    assert (summary.entities_sent, summary.target_failures) == (0, 0)
+    status = status_of(source)
+    assert status.view.consecutive_failures == 0, "one more failure must not disable it now"
+    assert status.view.last_success_at is not None
+
+
+def test_a_hiccup_on_get_import_keeps_the_targets_server_id(source, make_node):
+    hiccup = threading.Event()
+
+    def sometimes_lost(app):
+        def wsgi(environ, start_response):
+            if hiccup.is_set() and environ["REQUEST_METHOD"] == "GET":
+                return Response("<html>Not Found</html>", 404, content_type="text/html")(
+                    environ, start_response)
+            return app(environ, start_response)
+        return wsgi
+
+    target = make_node("central", 0).serve(sometimes_lost)
+    add_export(source, target.import_url)
+    source.exporter().run_once()
+    assert status_of(source).view.target_server_id == target.server_id
+    hiccup.set()
+    source.exporter().run_once()
+    view = status_of(source).view
+    # Still known: records that came from the target are still never sent back to it.
+    assert view.target_server_id == target.server_id
+    assert view.target_checked_at is not None

@@ -38,7 +38,9 @@ class ExportResult:
 
     ``state`` is ``complete``; ``failed`` (the target said so, or this node lacks something
     the target asked for); ``rejected`` (the target answered 4xx: the entity is invalid
-    there); or ``unexpected`` (a reply outside the protocol, or too many round trips).
+    there); ``stuck`` (the exchange over this entity went round in circles: more round
+    trips than its files explain, or a request for a file that is not part of it); or
+    ``unexpected`` (a reply outside the protocol).
     """
 
     state: str
@@ -62,13 +64,28 @@ class EntitySource(Protocol):
     def open_file(self, record: FileRecord) -> BinaryIO | None: ...
 
 
-def target_session() -> requests.Session:
+class TargetSession(requests.Session):
+    """A Session whose own ``verify`` is used on every request.
+
+    A plain Session lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE in the environment override
+    its ``verify`` (requests merges the environment over the session's settings), so a
+    configured ``export_ca_bundle`` would silently lose to an unrelated variable. Passing
+    ``verify`` with each request keeps the session's choice; with ``verify=True`` (the
+    system's certificates) those variables still apply, as they do for any requests user.
+    """
+
+    def request(self, method, url, **kwargs):
+        kwargs.setdefault("verify", self.verify)
+        return super().request(method, url, **kwargs)
+
+
+def target_session() -> TargetSession:
     """A Session for one target: kept-alive connections, and a failed connect retried.
 
     Only connecting is retried (twice, 0.5 s then 1 s apart): a request that never left
     is safe to send again, while a failed or timed-out reply is the caller's to judge.
     """
-    session = requests.Session()
+    session = TargetSession()
     retry = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0,
                   backoff_factor=0.5, allowed_methods=None, raise_on_status=False)
     # One exporter thread talks to one host, one request at a time.
@@ -277,6 +294,7 @@ def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatu
         elif state == "need_file_data":
             record = _lookup_file(files, reply.get("file_id"))
             if record is None:
+                result.state = "stuck"
                 result.message = f"the target asked for file {reply.get('file_id')!r}, which is not part of this entity"
                 return result
             stream = source.open_file(record)
@@ -294,6 +312,7 @@ def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatu
         else:
             result.message = f"unexpected reply {reply!r:.200}"
             return result
+    result.state = "stuck"
     result.message = f"no outcome after {result.round_trips} round trips"
     return result
 

@@ -9,10 +9,15 @@ left. What can go wrong is sorted in two:
   that doubles with each failure in a row, up to a cap) and is disabled after
   ``export_max_failures`` failures in a row, with the reason. No task is charged: a
   target that is down for a week costs nothing but waiting.
-* the target refuses **one entity** (answers ``failed``, or 400/409/413/415/422 for it)
-  or this node cannot send it (its bytes are missing): that task waits (its own
-  back-off) and the pass goes on with the others; after ``export_max_failures``
-  refusals the task is ``failed`` until ``meteorpi export retry``.
+* the target refuses **one entity** (answers ``failed``, or 400/409/413/415/422 for it),
+  the exchange over it goes round in circles (more round trips than its files explain,
+  or a request for a file that is not part of it), or this node cannot send it (its
+  bytes are missing): that task waits (its own back-off) and the pass goes on with the
+  others; after ``export_max_failures`` refusals the task is ``failed`` until
+  ``meteorpi export retry``.
+
+A target that answers ``GET /import`` with its discovery document is up: that resets its
+failures in a row, as a completed entity does.
 
 A task the target answered ``complete`` for is ``done`` before the next one starts.
 """
@@ -41,6 +46,7 @@ from .configs import clip
 from .handshake import ExportResult, ImportClient, TargetError, export_entity
 from .marking import mark
 from .progress import Batch, Reporter
+from .resumable import DEFAULT_CHUNK_SIZE
 from .source import StoreSource, entity_bytes, pending_bytes
 
 log = logging.getLogger("meteorpi.exporter")
@@ -62,6 +68,7 @@ class ExporterSettings:
     read_timeout: float = 300.0
     ca_bundle: str = ""
     batch_size: int = BATCH_SIZE
+    chunk_bytes: int = DEFAULT_CHUNK_SIZE
 
     @classmethod
     def from_config(cls, config: Config) -> ExporterSettings:
@@ -76,7 +83,8 @@ class ExporterSettings:
                                   int(config.export_backoff_max_seconds * 1000)),
             connect_timeout=config.export_connect_timeout_seconds,
             read_timeout=config.export_timeout_seconds,
-            ca_bundle=config.export_ca_bundle)
+            ca_bundle=config.export_ca_bundle,
+            chunk_bytes=config.export_chunk_bytes)
 
     @property
     def lease_seconds(self) -> float:
@@ -279,6 +287,10 @@ class Exporter:
             self._target_failed(row, summary, str(error))
             return
         target_id = _server_id_of(document)
+        if document is not None:
+            # A discovery document is a working target: the failures in a row are over.
+            with self.database.write() as session:
+                tasks.note_target_success(session, row.config_id)
         if target_id is not None and target_id == self.server_id:
             reason = ("the target is this server itself; point the configuration at another "
                       "server's /import")
@@ -410,7 +422,8 @@ class Exporter:
             client = ImportClient(
                 row.target_url, row.user_id, row.password,
                 timeout=(self.settings.connect_timeout, self.settings.read_timeout),
-                verify=self.settings.ca_bundle or True, origin_server=self.server_id)
+                verify=self.settings.ca_bundle or True, origin_server=self.server_id,
+                chunk_size=self.settings.chunk_bytes)
             self._clients[row.config_id] = (key, client)
             return client
 
@@ -459,6 +472,8 @@ def _server_id_of(document: dict | None) -> uuid.UUID | None:
 
 
 def _is_target_problem(result: ExportResult) -> bool:
+    # A ``stuck`` entity is this entity's trouble (the target handles others), so it is
+    # refused like a ``failed`` one; a reply outside the protocol says the target is wrong.
     if result.state == "unexpected":
         return True
     return result.state == "rejected" and result.status_code not in ENTITY_STATUS_CODES

@@ -116,6 +116,7 @@ def retry_failed(session: Session, config_id: uuid.UUID) -> int:
 # The target's state, on its configuration ------------------------------------------------
 
 def note_target_success(session: Session, config_id: uuid.UUID, now: int | None = None) -> None:
+    """The target answered as it should: end its failures in a row and its back-off."""
     now = now_ms() if now is None else now
     session.execute(
         update(ExportConfigRow).where(ExportConfigRow.config_id == config_id)
@@ -153,10 +154,18 @@ def disable_config(session: Session, config_id: uuid.UUID, reason: str, now: int
 
 def note_target_identity(session: Session, config_id: uuid.UUID, server_id: uuid.UUID | None,
                          now: int | None = None) -> None:
+    """Note when the target was asked who it is, and its server id if it said.
+
+    A known id is kept when the target does not say (``None``): a meteorpi server that
+    answers ``GET /import`` with an error page once is still that server, and forgetting
+    its id would send its own records back to it. Changing the target URL forgets it.
+    """
     now = now_ms() if now is None else now
+    values = {"target_checked_at": now}
+    if server_id is not None:
+        values["target_server_id"] = server_id
     session.execute(
-        update(ExportConfigRow).where(ExportConfigRow.config_id == config_id)
-        .values(target_server_id=server_id, target_checked_at=now))
+        update(ExportConfigRow).where(ExportConfigRow.config_id == config_id).values(**values))
 
 
 # Leases: one exporter process per configuration at a time ------------------------------------
