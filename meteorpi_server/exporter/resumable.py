@@ -22,6 +22,12 @@ log = logging.getLogger("meteorpi.exporter")
 # 8 MiB: on loopback, throughput is within a few percent of 16-64 MiB chunks (see
 # bench/resumable_upload.py), while a cut costs at most 8 MiB of resending on a slow link.
 DEFAULT_CHUNK_SIZE = 8 << 20
+# A target ends an upload request whose sender went silent after its
+# upload_read_timeout_seconds (60 s by default); until then it answers 409 upload_busy.
+# Waiting out a little more than that lets a stale request of ours (from a link that
+# dropped) end, while the longest pause keeps the wait after it ends short.
+DEFAULT_BUSY_SECONDS = 90.0
+BUSY_PAUSE_MAX = 15.0
 MEDIA_TYPE = "application/offset+octet-stream"
 
 Progress = Callable[[int], None]
@@ -46,12 +52,19 @@ class UploadOutcome:
 
 
 class ResumableUploader:
-    """Uploads files to one server's ``/import/data/<id>/<md5>`` with a requests.Session."""
+    """Uploads files to one server's ``/import/data/<id>/<md5>`` with a requests.Session.
+
+    A failure (a cut connection, a 5xx, a reply that does not move the offset on) is
+    retried from the server's offset, pausing ``retry_delay`` seconds, doubling, up to
+    ``attempts`` failures in a row. An upload another request still holds (409
+    ``upload_busy``) is waited out for up to ``busy_seconds`` in all.
+    """
 
     def __init__(self, session: requests.Session, import_url: str, *,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, max_chunk_bytes: int | None = None,
                  timeout: tuple[float, float] = (10.0, 300.0), attempts: int = 5,
-                 retry_delay: float = 1.0, checksum: str | None = "sha256"):
+                 retry_delay: float = 1.0, checksum: str | None = "sha256",
+                 busy_seconds: float = DEFAULT_BUSY_SECONDS):
         self.session = session
         self.import_url = import_url.rstrip("/")
         self.chunk_size = min(chunk_size, max_chunk_bytes or chunk_size)
@@ -59,6 +72,7 @@ class ResumableUploader:
         self.attempts = attempts
         self.retry_delay = retry_delay
         self.checksum = checksum
+        self.busy_seconds = busy_seconds
         self.requests_sent = 0
 
     def upload(self, file_id: uuid.UUID, md5: str, source: BinaryIO,
@@ -71,7 +85,8 @@ class ResumableUploader:
         url = f"{self.import_url}/data/{file_id.hex}/{md5}"
         size = os.fstat(source.fileno()).st_size
         outcome = UploadOutcome(complete=False)
-        failures = 0
+        # Failures since the offset last moved on, and seconds waited on upload_busy.
+        failures, busy_waited = 0, 0.0
         if offset is None:
             offset = self._offset(url)
         while offset is not None:
@@ -84,12 +99,30 @@ class ResumableUploader:
                 offset = self._offset(url)
                 continue
             reply = _json(response)
-            if response.status_code == 200:
-                failures = 0
+            if response.status_code == 200 and reply.get("complete"):
                 outcome.bytes_sent += len(chunk)
                 if progress:
                     progress(len(chunk))
-                offset = None if reply.get("complete") else reply.get("offset", offset + len(chunk))
+                offset = None
+            elif response.status_code == 200:
+                moved_to = reply.get("offset")
+                if not isinstance(moved_to, int) or moved_to <= offset:
+                    # Only progress is success: a 200 that is not this protocol's reply, or
+                    # that leaves the offset where it was, would otherwise loop forever.
+                    failures = self._back_off(failures, f"{url} answered 200 without moving on "
+                                                        f"from byte {offset}: {response.text[:200]!r}")
+                    offset = self._offset(url)
+                    continue
+                failures, busy_waited = 0, 0.0
+                outcome.bytes_sent += moved_to - offset
+                if progress:
+                    progress(moved_to - offset)
+                offset = moved_to
+            elif response.status_code == 409 and reply.get("error") == "upload_busy":
+                # Another request still holds the upload (most likely our own, cut off on
+                # its way): retrying at once cannot help until the target ends it.
+                busy_waited = self._wait_busy(busy_waited, reply.get("message", "upload busy"))
+                offset = self._offset(url)
             elif response.status_code == 409:
                 # Someone (a retry of ours whose reply was lost) got there first: resync.
                 failures = self._back_off(failures, reply.get("message", "offset conflict"), pause=False)
@@ -97,7 +130,9 @@ class ResumableUploader:
             elif response.status_code == 422 and reply.get("error") == "md5_mismatch":
                 outcome.md5_mismatch = True
                 return outcome
-            elif response.status_code == 422 or response.status_code >= 500:
+            elif response.status_code in (408, 422) or response.status_code >= 500:
+                # 408: the target stopped waiting for the rest of a slow chunk; it kept what
+                # arrived, so this is a cut connection like any other.
                 failures = self._back_off(failures, f"{response.status_code}: {reply.get('message', response.text[:200])}")
                 offset = self._offset(url)
             else:
@@ -131,6 +166,18 @@ class ResumableUploader:
             except (requests.RequestException, KeyError, ValueError) as error:
                 message = f"asking for the offset: {error}"
             failures = self._back_off(failures, message)
+
+    def _wait_busy(self, waited: float, message: str) -> float:
+        """Pause before retrying an upload another request holds, in pauses that double
+        (from ``retry_delay``, at least 0.1 s so the budget is spent whatever it is) up to
+        BUSY_PAUSE_MAX; give up once ``busy_seconds`` have been waited. Returns the total."""
+        if waited >= self.busy_seconds:
+            raise UploadFailed(f"gave up after waiting {waited:.0f} s for the upload to be "
+                               f"free: {message}")
+        pause = min(max(self.retry_delay, 0.1, waited), BUSY_PAUSE_MAX, self.busy_seconds - waited)
+        log.info("upload busy, waiting %.1f s: %s", pause, message)
+        time.sleep(pause)
+        return waited + pause
 
     def _back_off(self, failures: int, message: str, pause: bool = True) -> int:
         failures += 1
