@@ -6,7 +6,9 @@ midnight, so a night has two statuses); events between 20:00 and 04:00, each wit
 several images and meta of every type (string, number, date); and stand-alone files
 (a time-lapse frame) spread over the night. Everything goes through
 :class:`~meteorpi_server.recording.Recorder`, so the records and the bytes are exactly
-what a camera node would hold.
+what a camera node would hold. Run again over the same nights, it records new statuses,
+and the Recorder ends each camera's current one where its successor begins, so a camera
+still has one current status.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Mapping
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from meteorpi_model import CameraStatus, Event, FileRecord, md5_file
@@ -21,6 +22,7 @@ from meteorpi_model import CameraStatus, Event, FileRecord, md5_file
 from . import store
 from .db import Database
 from .files import FileStore, Md5Mismatch
+from .orm import CameraStatusRow
 
 
 class RecordingError(ValueError):
@@ -35,10 +37,22 @@ class Recorder:
         self.files = files
 
     def record_status(self, status: CameraStatus) -> None:
-        """Store a camera status (raises RecordingError if that status id is taken)."""
+        """Store a camera status (raises RecordingError if that status id is taken).
+
+        The camera's current status (open-ended, valid from no later than the new one)
+        ends where the new one begins, in the same transaction, so a camera has one
+        current status at a time. A status recorded late, valid from before the current
+        one, leaves the current one as it is.
+        """
         with self.database.write() as session:
             if store.has_status(session, status.status_id):
                 raise RecordingError(f"status {status.status_id.hex} is already recorded")
+            session.execute(
+                update(CameraStatusRow)
+                .where(CameraStatusRow.camera_id == status.camera_id,
+                       CameraStatusRow.valid_to.is_(None),
+                       CameraStatusRow.valid_from <= status.valid_from)
+                .values(valid_to=status.valid_from))
             store.insert_status(session, status, store.LOCAL)
 
     def record_file(self, record: FileRecord, path: str | os.PathLike) -> FileRecord:

@@ -59,6 +59,23 @@ def test_statuses_change_over_time_and_cover_their_records(config_file, services
         assert status.valid_from <= event.event_time < (status.valid_to or 2**53)
 
 
+def test_running_demo_data_twice_leaves_each_camera_one_current_status(config_file, services):
+    arguments = ["--config", str(config_file), "demo-data", "--cameras", "2", "--nights", "2",
+                 "--events-per-night", "1", "--file-size", "100", "--first-night", "2026-11-01"]
+    for _ in range(2):
+        assert CliRunner().invoke(main, arguments).exit_code == 0
+    with services.database.read() as session:
+        statuses = [store.status_from_row(row) for row in session.scalars(select(CameraStatusRow))]
+    for camera_id in ("demo-cam-1", "demo-cam-2"):
+        current = [status for status in statuses
+                   if status.camera_id == camera_id and status.valid_to is None]
+        assert len(current) == 1, "the second run's status replaced the first's"
+        # The first run's last status ended where the second run's began.
+        ended = [status for status in statuses if status.camera_id == camera_id
+                 and status.valid_from == current[0].valid_from and status.valid_to is not None]
+        assert [status.valid_to for status in ended] == [current[0].valid_from]
+
+
 def test_the_file_bytes_are_stored_and_verified(config_file, services):
     CliRunner().invoke(main, ["--config", str(config_file), "demo-data", "--cameras", "1",
                               "--events-per-night", "2", "--file-size", "5000"])
@@ -135,3 +152,25 @@ def test_an_event_is_recorded_whole_or_not_at_all(recorder, services, tmp_path):
                                       files[1].file_id: tmp_path / "b"})
     with pytest.raises(RecordingError, match="already recorded"):
         recorder.record_status(owner)
+
+
+def test_a_new_status_ends_the_cameras_current_one(recorder, services):
+    morning = factories.status("cam-1", valid_from=1_000_000)
+    evening = factories.status("cam-1", valid_from=5_000_000)
+    other_camera = factories.status("cam-2", valid_from=2_000_000)
+    for status in (morning, other_camera, evening):
+        recorder.record_status(status)
+    with services.database.read() as session:
+        assert store.get_status(session, morning.status_id).valid_to == evening.valid_from
+        assert store.get_status(session, evening.status_id).valid_to is None
+        assert store.get_status(session, other_camera.status_id).valid_to is None
+
+
+def test_a_status_recorded_late_leaves_the_current_one_alone(recorder, services):
+    current = factories.status("cam-1", valid_from=5_000_000)
+    recorder.record_status(current)
+    earlier = factories.status("cam-1", valid_from=1_000_000, valid_to=5_000_000)
+    recorder.record_status(earlier)
+    with services.database.read() as session:
+        assert store.get_status(session, current.status_id).valid_to is None
+        assert store.get_status(session, earlier.status_id).valid_to == 5_000_000
