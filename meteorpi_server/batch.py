@@ -23,7 +23,7 @@ from meteorpi_model import (CameraStatus, Event, FileRecord, ValidationError, pa
 from . import store
 from .bundles import BundleEntry, read_bundle
 from .db import Database
-from .files import FileStore, Md5Mismatch
+from .files import FileGroup, FileStore, Md5Mismatch
 from .orm import EventRow, FileRecordRow
 from .receiver import DatabaseImportReceiver
 
@@ -169,31 +169,31 @@ class BatchImporter:
     def store_files(self, stream, user: str) -> dict:
         """Store each file of a bundle (``bundles.read_bundle``) whose bytes match its md5.
 
-        Each file is written, fsynced and verified on its own, as a legacy upload is; what
-        a bundle saves is the round trip per file, a directory fsync per file (the renames
-        are made durable together) and a commit per file (the blobs are recorded in one
-        transaction). Files verified before a broken or cut body are kept and recorded:
-        they are whole, and the exporter's next plan will not ask for them again.
+        Each file is streamed to disk and its md5 checked on its own, as for any upload;
+        what a bundle saves is a round trip per file, an fsync per file and per directory
+        (the files are made durable together, ``files.FileGroup``) and a commit per file
+        (the blobs are recorded in one transaction). All of it happens before the reply.
+        Files verified before a broken or cut body are kept and recorded: they are whole,
+        and the exporter's next plan will not ask for them again.
         """
-        results, stored, directories = [], [], set()
+        results, group = [], self.files.group()
         try:
             # One read session for the "already held?" checks: a session each would cost
             # more than the check.
             with self.database.read() as session:
                 for entry in read_bundle(stream, self.max_entities):
-                    results.append(self._store_bundle_entry(session, entry, user, stored,
-                                                            directories))
+                    results.append(self._store_bundle_entry(session, entry, user, group))
         finally:
+            stored = group.commit()
             if stored:
-                self.files.sync_directories(directories)
                 with self.database.write() as session:
-                    store.record_blobs(session, stored)
+                    store.record_blobs(session, [(f.file_id, f.md5, f.size) for f in stored])
                 log.info("stored %d files (%d bytes) from a bundle from %s", len(stored),
-                         sum(size for _, _, size in stored), user)
+                         sum(f.size for f in stored), user)
         return {"results": results}
 
     def _store_bundle_entry(self, session: Session, entry: BundleEntry, user: str,
-                            stored: list, directories: set) -> dict:
+                            group: FileGroup) -> dict:
         if entry.invalid is not None:
             entry.skip()
             return _result("file_data", "", "invalid", message=str(entry.invalid),
@@ -208,17 +208,14 @@ class BatchImporter:
             entry.skip()  # bytes a stored record relies on are never replaced
             return _result("file_data", file_id_text, "stored")
         try:
-            written = self.files.write(entry.file_id, entry.content, entry.md5,
-                                       sync_directories=False)
+            group.write(entry.file_id, entry.content, entry.md5)
         except Md5Mismatch as mismatch:
-            with self.database.write() as session:
-                store.note_upload_failure(session, entry.file_id, entry.md5)
+            with self.database.write() as write_session:
+                store.note_upload_failure(write_session, entry.file_id, entry.md5)
             log.warning("bundled upload from %s discarded: %s", user, mismatch)
             return _result("file_data", file_id_text, "md5_mismatch",
                            message=f"{mismatch}; the bytes were discarded: check the file on "
                                    "the node and send it again")
-        stored.append((written.file_id, written.md5, written.size))
-        directories.add(self.files.path_for(written.file_id).parent)
         return _result("file_data", file_id_text, "stored")
 
     # Records ---------------------------------------------------------------------

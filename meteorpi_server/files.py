@@ -10,7 +10,9 @@ grow there too, one file per (file id, md5), until they are complete.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import logging
 import os
 import secrets
 import time
@@ -23,6 +25,21 @@ from meteorpi_model import MD5Stream
 
 CHUNK_SIZE = 1 << 20
 UPLOADS_DIR = ".uploads"
+
+log = logging.getLogger("meteorpi.files")
+
+
+def _load_syncfs():
+    """Linux's syncfs(2), or None where the C library has none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    return function
+
+
+_SYNCFS = _load_syncfs()
 
 
 class FileStoreError(Exception):
@@ -61,6 +78,21 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
+def _receive(file_id: uuid.UUID, source: BinaryIO, expected_md5: str, max_bytes: int | None,
+             out: BinaryIO) -> StoredFile:
+    """Copy ``source`` to ``out`` in 1 MiB pieces, checking its size and md5 as it goes."""
+    hasher = MD5Stream()
+    while chunk := source.read(CHUNK_SIZE):
+        hasher.update(chunk)
+        if max_bytes is not None and hasher.bytes_seen > max_bytes:
+            raise TooLarge(max_bytes)
+        out.write(chunk)
+    actual = hasher.hexdigest()
+    if actual != expected_md5:
+        raise Md5Mismatch(file_id, expected_md5, actual, hasher.bytes_seen)
+    return StoredFile(file_id, actual, hasher.bytes_seen)
+
+
 class FileStore:
     """Files under ``root``, sharded by the first two hex digits of their id."""
 
@@ -77,21 +109,14 @@ class FileStore:
         self.uploads.mkdir(parents=True, exist_ok=True)
         return self.uploads / f"{file_id.hex}.{md5}"
 
-    def adopt(self, file_id: uuid.UUID, path: Path, sync_directories: bool = True) -> Path:
-        """Move a complete, verified file from ``.uploads/`` to its final path, durably.
-
-        With ``sync_directories=False`` the rename is not yet durable: the caller moves a
-        group of files and then calls :meth:`sync_directories` once for all of them, before
-        it records or acknowledges any. Returns the final path.
-        """
+    def adopt(self, file_id: uuid.UUID, path: Path) -> None:
+        """Move a complete, verified file from ``.uploads/`` to its final path, durably."""
         final = self.path_for(file_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(path, final)
-        if sync_directories:
-            self.sync_directories([final.parent])
-        return final
+        self.sync_directories([final.parent])
 
     def sync_directories(self, directories) -> None:
         """Make renames into ``directories`` (and out of ``.uploads/``) survive a crash."""
@@ -101,40 +126,37 @@ class FileStore:
     def exists(self, file_id: uuid.UUID) -> bool:
         return self.path_for(file_id).is_file()
 
+    def group(self) -> FileGroup:
+        """A :class:`FileGroup` of this store, for many small files made durable at once."""
+        return FileGroup(self)
+
     def open(self, file_id: uuid.UUID) -> BinaryIO:
         return open(self.path_for(file_id), "rb")
 
     def write(self, file_id: uuid.UUID, source: BinaryIO, expected_md5: str,
-              max_bytes: int | None = None, sync_directories: bool = True) -> StoredFile:
+              max_bytes: int | None = None) -> StoredFile:
         """Stream ``source`` to disk and make it visible only if its md5 is ``expected_md5``.
 
         ``source`` is read in 1 MiB pieces until it returns b"". Raises Md5Mismatch or
         TooLarge (the bytes are discarded) or whatever reading ``source`` raises.
-        ``sync_directories`` is as for :meth:`adopt`.
         """
-        self.uploads.mkdir(parents=True, exist_ok=True)
-        temporary = self.uploads / f"{file_id.hex}.{secrets.token_hex(4)}.part"
-        hasher = MD5Stream()
+        temporary = self._temporary_path(file_id)
         try:
             with open(temporary, "xb") as out:
                 # Held until the file is in place: remove_stale_uploads skips locked files,
                 # so a slow sender's upload is never deleted from under it.
                 fcntl.flock(out.fileno(), fcntl.LOCK_EX)
-                while chunk := source.read(CHUNK_SIZE):
-                    hasher.update(chunk)
-                    if max_bytes is not None and hasher.bytes_seen > max_bytes:
-                        raise TooLarge(max_bytes)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-                actual = hasher.hexdigest()
-                if actual != expected_md5:
-                    raise Md5Mismatch(file_id, expected_md5, actual, hasher.bytes_seen)
-                self.adopt(file_id, temporary, sync_directories)
+                stored = _receive(file_id, source, expected_md5, max_bytes, out)
+                out.flush()  # adopt fsyncs before the rename
+                self.adopt(file_id, temporary)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        return StoredFile(file_id, actual, hasher.bytes_seen)
+        return stored
+
+    def _temporary_path(self, file_id: uuid.UUID) -> Path:
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        return self.uploads / f"{file_id.hex}.{secrets.token_hex(4)}.part"
 
     def remove(self, file_id: uuid.UUID) -> bool:
         try:
@@ -185,3 +207,65 @@ class FileStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+class FileGroup:
+    """Files written one after another and made durable and visible together.
+
+    A night's images are tens of KB each: an fsync per file and per directory would cost
+    more than writing them. A group verifies each file's md5 as it arrives and keeps it
+    under ``.uploads/``; :meth:`commit` then makes them all durable with one ``syncfs`` of
+    the store's file system, renames the verified files into place and makes the renames
+    durable with a second one. Where syncfs is missing it falls back to an fsync per file
+    and per directory. Until :meth:`commit` returns, no file of the group is at its final
+    path unless complete and verified; a crash leaves at worst files under ``.uploads/``
+    (removed by the sweep) or verified files whose blob rows were never written (removed
+    by ``meteorpi files gc``).
+    """
+
+    def __init__(self, store: FileStore):
+        self.store = store
+        self._written: list[tuple[StoredFile, Path]] = []
+
+    def write(self, file_id: uuid.UUID, source: BinaryIO, expected_md5: str,
+              max_bytes: int | None = None) -> StoredFile:
+        """Write ``source`` under ``.uploads/`` and check its md5 (Md5Mismatch, TooLarge:
+        the bytes are discarded); it is stored by :meth:`commit`."""
+        temporary = self.store._temporary_path(file_id)
+        try:
+            with open(temporary, "xb") as out:
+                stored = _receive(file_id, source, expected_md5, max_bytes, out)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        self._written.append((stored, temporary))
+        return stored
+
+    def commit(self) -> list[StoredFile]:
+        """Make every verified file durable and move it into place; return them."""
+        written, self._written = self._written, []
+        if not written:
+            return []
+        if _SYNCFS is None or not self._syncfs():
+            for _, temporary in written:
+                with open(temporary, "rb") as handle:
+                    os.fsync(handle.fileno())
+        directories = set()
+        for stored, temporary in written:
+            final = self.store.path_for(stored.file_id)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temporary, final)
+            directories.add(final.parent)
+        if _SYNCFS is None or not self._syncfs():
+            self.store.sync_directories(directories)
+        return [stored for stored, _ in written]
+
+    def _syncfs(self) -> bool:
+        descriptor = os.open(self.store.uploads, os.O_RDONLY)
+        try:
+            if _SYNCFS(descriptor) == 0:
+                return True
+        finally:
+            os.close(descriptor)
+        log.warning("syncfs failed (%s); falling back to fsync", os.strerror(ctypes.get_errno()))
+        return False

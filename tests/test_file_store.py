@@ -118,3 +118,24 @@ def test_a_whole_file_upload_in_progress_is_never_swept_away(files):
     assert source.removed == 0
     assert files.path_for(file_id).read_bytes() == DATA
     assert leftovers(files) == [file_id.hex]
+
+
+@pytest.mark.parametrize("syncfs", ["syncfs", "fsync fallback"])
+def test_a_group_shows_its_files_only_once_committed(files, monkeypatch, syncfs):
+    from meteorpi_server import files as files_module
+
+    if syncfs != "syncfs":
+        monkeypatch.setattr(files_module, "_SYNCFS", None)
+    group = files.group()
+    first, second, wrong = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    group.write(first, io.BytesIO(DATA), md5_bytes(DATA))
+    group.write(second, io.BytesIO(b"small"), md5_bytes(b"small"))
+    with pytest.raises(Md5Mismatch):
+        group.write(wrong, io.BytesIO(b"bad"), md5_bytes(b"good"))
+    assert not files.exists(first) and not files.exists(second)  # verified, not yet durable
+    committed = group.commit()
+    assert [(f.file_id, f.size) for f in committed] == [(first, len(DATA)), (second, 5)]
+    assert files.path_for(first).read_bytes() == DATA
+    assert files.path_for(second).read_bytes() == b"small"
+    assert not files.exists(wrong)
+    assert sorted(leftovers(files)) == sorted([first.hex, second.hex])

@@ -12,7 +12,7 @@ from ..files import IncompleteUpload
 from .errors import ApiError
 from .importer import origin_server
 from .security import current_user, requires_role
-from .uploads import read_json
+from .uploads import body_read_timeout, read_json
 
 blueprint = Blueprint("batch", __name__)
 
@@ -81,7 +81,8 @@ def files():
     if isinstance(body, io.RawIOBase):  # werkzeug's LimitedStream: lines one byte at a time
         body = io.BufferedReader(body, 1 << 20)
     try:
-        return jsonify(services.batch.store_files(body, current_user().name))
+        with body_read_timeout(request, services.config.upload_read_timeout_seconds):
+            return jsonify(services.batch.store_files(body, current_user().name))
     except BundleError as error:
         raise ApiError(400, f"the file bundle is malformed: {error}", "bad_bundle") from None
     except IncompleteUpload as error:
