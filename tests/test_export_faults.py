@@ -176,7 +176,7 @@ class _Body:
 
 
 def test_an_entity_the_target_refuses_waits_without_holding_up_the_others(source, make_node):
-    target = make_node("central", 0).serve(refusing("demo-cam-1"))
+    target = make_node("central", 0, batch_protocol=False).serve(refusing("demo-cam-1"))
     add_export(source, target.import_url)
     exporter = source.exporter(max_failures=2, backoff=Backoff(0, 0))
     first = exporter.run_once()
@@ -200,7 +200,7 @@ def test_an_entity_the_target_refuses_waits_without_holding_up_the_others(source
 
 
 def test_retry_puts_failed_tasks_back(source, make_node):
-    target = make_node("central", 0).serve(refusing("demo-cam-1"))
+    target = make_node("central", 0, batch_protocol=False).serve(refusing("demo-cam-1"))
     add_export(source, target.import_url)
     source.exporter(max_failures=1).run_once()
     assert status_of(source).failed == SMALL_NIGHT.events_per_night
@@ -295,7 +295,7 @@ def going_round_in_circles(camera_id: str, reply: dict):
 ], ids=["foreign-file", "endless-continue"])
 def test_an_entity_the_target_goes_round_in_circles_over_is_refused_not_the_target(
         source, make_node, reply, reason):
-    target = make_node("central", 0).serve(going_round_in_circles("demo-cam-1", reply))
+    target = make_node("central", 0, batch_protocol=False).serve(going_round_in_circles("demo-cam-1", reply))
     add_export(source, target.import_url)
     exporter = source.exporter(max_failures=2, backoff=Backoff(0, 0))
     first = exporter.run_once().targets["central"]
@@ -317,7 +317,7 @@ def test_an_entity_the_target_goes_round_in_circles_over_is_refused_not_the_targ
 
 
 def test_a_target_that_answers_who_it_is_is_up_even_if_it_refuses_everything(source, make_node):
-    target = make_node("central", 0).serve(refusing("demo-cam-1", "demo-cam-2"))
+    target = make_node("central", 0, batch_protocol=False).serve(refusing("demo-cam-1", "demo-cam-2"))
     add_export(source, target.import_url)
     with source.services.database.write() as session:
         row = configs.get_row(session, "central")
@@ -350,3 +350,22 @@ def test_a_hiccup_on_get_import_keeps_the_targets_server_id(source, make_node):
     # Still known: records that came from the target are still never sent back to it.
     assert view.target_server_id == target.server_id
     assert view.target_checked_at is not None
+
+
+def test_a_target_that_answers_who_it_is_but_fails_every_import_is_still_disabled(source, make_node):
+    def failing_imports(app):
+        def wsgi(environ, start_response):
+            if environ["REQUEST_METHOD"] == "POST":
+                return Response('{"error": "internal_error"}', 500,
+                                content_type="application/json")(environ, start_response)
+            return app(environ, start_response)
+        return wsgi
+
+    target = make_node("central", 0).serve(failing_imports)
+    add_export(source, target.import_url)
+    exporter = source.exporter(max_failures=3, backoff=Backoff(0, 0))
+    for _ in range(3):
+        exporter.run_once()
+    status = status_of(source)
+    assert not status.view.configuration.enabled, "GET /import answering must not mask the failures"
+    assert "500" in status.view.disabled_reason

@@ -60,7 +60,7 @@ def test_uploads_use_the_configured_export_chunk_bytes(make_node):
             return app(environ, start_response)
         return wsgi
 
-    target = make_node("central", 0).serve(count_chunks)
+    target = make_node("central", 0, batch_protocol=False).serve(count_chunks)
     with source.services.database.write() as session:
         configs.add(session, ExportConfiguration(
             config_id=uuid.uuid4(), name="central", target_url=target.import_url,

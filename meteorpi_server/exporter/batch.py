@@ -94,13 +94,17 @@ class BatchSender:
         self.client = client
         self.source = source
         self.concurrency = concurrency
-        self.max_entities = client.capabilities["batch"]["max_entities"]
         # Upload threads and their sessions live as long as the sender, so connections
         # are reused from batch to batch; close() ends them.
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
+
+    @property
+    def max_entities(self) -> int:
+        """The target's batch limit, as its latest discovery document gives it."""
+        return self.client.capabilities["batch"]["max_entities"]
 
     def __enter__(self) -> BatchSender:
         return self

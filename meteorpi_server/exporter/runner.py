@@ -43,6 +43,7 @@ from ..files import FileStore
 from ..orm import ExportConfigRow, ExportTaskRow
 from . import tasks
 from .configs import clip
+from .batch import DEFAULT_CONCURRENCY, BatchSender, BatchStats
 from .handshake import ExportResult, ImportClient, TargetError, export_entity
 from .marking import mark
 from .progress import Batch, Reporter
@@ -69,6 +70,7 @@ class ExporterSettings:
     ca_bundle: str = ""
     batch_size: int = BATCH_SIZE
     chunk_bytes: int = DEFAULT_CHUNK_SIZE
+    concurrency: int = DEFAULT_CONCURRENCY
 
     @classmethod
     def from_config(cls, config: Config) -> ExporterSettings:
@@ -84,7 +86,8 @@ class ExporterSettings:
             connect_timeout=config.export_connect_timeout_seconds,
             read_timeout=config.export_timeout_seconds,
             ca_bundle=config.export_ca_bundle,
-            chunk_bytes=config.export_chunk_bytes)
+            chunk_bytes=config.export_chunk_bytes,
+            concurrency=config.export_concurrency)
 
     @property
     def lease_seconds(self) -> float:
@@ -163,6 +166,7 @@ class Exporter:
         self.owner = f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
         self._server_id: uuid.UUID | None = None
         self._clients: dict[uuid.UUID, tuple[tuple, ImportClient]] = {}
+        self._senders: dict[uuid.UUID, BatchSender] = {}
         self._clients_lock = threading.Lock()
 
     # Running -------------------------------------------------------------------------
@@ -239,6 +243,9 @@ class Exporter:
     def close(self) -> None:
         with self._clients_lock:
             clients, self._clients = list(self._clients.values()), {}
+            senders, self._senders = list(self._senders.values()), {}
+        for sender in senders:
+            sender.close()
         for _, client in clients:
             client.close()
 
@@ -287,10 +294,6 @@ class Exporter:
             self._target_failed(row, summary, str(error))
             return
         target_id = _server_id_of(document)
-        if document is not None:
-            # A discovery document is a working target: the failures in a row are over.
-            with self.database.write() as session:
-                tasks.note_target_success(session, row.config_id)
         if target_id is not None and target_id == self.server_id:
             reason = ("the target is this server itself; point the configuration at another "
                       "server's /import")
@@ -307,8 +310,17 @@ class Exporter:
                     return
                 marked = mark(session, fresh)
             summary.marked += marked
-            if not self._drain(row, client, stop, summary) or marked == 0:
+            if not self._drain(row, client, stop, summary):
                 return
+            if marked == 0:
+                break
+        if not stop.is_set():
+            # A whole pass without a target failure (the target answered who it is, and
+            # whatever it refused was about single entities): its failures in a row are
+            # over, even when there was nothing to send. A target that answers GET /import
+            # but fails every entity's request still counts towards being disabled.
+            with self.database.write() as session:
+                tasks.note_target_success(session, row.config_id)
 
     def _drain(self, row: ExportConfigRow, client: ImportClient, stop: threading.Event,
                summary: TargetSummary) -> bool:
@@ -317,35 +329,46 @@ class Exporter:
         due_count, due_bytes = self._due_work(row.config_id)
         self.reporter.add_work(row.name, due_count, due_bytes)
         lease_renewed = time.monotonic()
+        sender = self._batch_sender(row, client)
+        # With protocol v2 a batch of tasks is one exchange, as large as the target takes.
+        batch_size = sender.max_entities if sender else self.settings.batch_size
         while True:
             with self.database.read() as session:
-                batch_tasks = [task for task in tasks.due_tasks(session, row.config_id,
-                                                                self.settings.batch_size)
+                batch_tasks = [task for task in tasks.due_tasks(session, row.config_id, batch_size)
                                if task.entity_id not in tried]
             if not batch_tasks:
                 return True
             batch, started = Batch(), time.monotonic()
-            for task in batch_tasks:
-                if stop.is_set():
-                    raise _Stopped
-                if time.monotonic() - lease_renewed > self.settings.lease_seconds / 3:
-                    if not self._take_lease(row.config_id):
-                        log.warning("export %s: another exporter took this configuration over "
-                                    "(this one was too slow to renew its claim); leaving it",
-                                    row.name)
-                        raise _Stopped
-                    lease_renewed = time.monotonic()
-                tried.add(task.entity_id)
-                if not self._send(row, client, task, stop, summary, batch):
+            if sender is not None:
+                lease_renewed = self._renew_lease(row, stop, lease_renewed)
+                tried.update(task.entity_id for task in batch_tasks)
+                if not self._send_batch(row, sender, batch_tasks, stop, summary, batch):
                     return False
+            else:
+                for task in batch_tasks:
+                    lease_renewed = self._renew_lease(row, stop, lease_renewed)
+                    tried.add(task.entity_id)
+                    if not self._send(row, client, task, stop, summary, batch):
+                        return False
             batch.seconds = time.monotonic() - started
             batch.pending_after = self._pending_count(row.config_id)
             self.reporter.batch_done(row.name, batch)
 
-    def _send(self, row: ExportConfigRow, client: ImportClient, task: tasks.Task,
-              stop: threading.Event, summary: TargetSummary, batch: Batch) -> bool:
-        """Send one task's entity and record the outcome; False if the target failed."""
-        batch.entities += 1
+    def _renew_lease(self, row: ExportConfigRow, stop: threading.Event, renewed: float) -> float:
+        """Stop if asked to, renew the claim on the configuration when due; when renewed."""
+        if stop.is_set():
+            raise _Stopped
+        if time.monotonic() - renewed <= self.settings.lease_seconds / 3:
+            return renewed
+        if not self._take_lease(row.config_id):
+            log.warning("export %s: another exporter took this configuration over "
+                        "(this one was too slow to renew its claim); leaving it", row.name)
+            raise _Stopped
+        return time.monotonic()
+
+    def _entity_of(self, row: ExportConfigRow, task: tasks.Task, summary: TargetSummary,
+                   batch: Batch):
+        """The task's entity; None (and the task given up) if it is gone from this node."""
         entity = self.source.entity(task.entity_type, task.entity_id)
         if entity is None:
             with self.database.write() as session:
@@ -353,8 +376,16 @@ class Exporter:
             summary.refused += 1
             batch.refused += 1
             self.reporter.entity_done(row.name, False, 0)
+        return entity
+
+    def _send(self, row: ExportConfigRow, client: ImportClient, task: tasks.Task,
+              stop: threading.Event, summary: TargetSummary, batch: Batch) -> bool:
+        """Send one task's entity with the legacy handshake and record the outcome; False
+        if the target failed."""
+        batch.entities += 1
+        entity = self._entity_of(row, task, summary, batch)
+        if entity is None:
             return True
-        size = entity_bytes(entity)
         try:
             result = export_entity(client, entity, self.source,
                                    progress=lambda count: self.reporter.bytes_sent(row.name, count))
@@ -367,6 +398,47 @@ class Exporter:
         summary.bytes_uploaded += result.bytes_uploaded
         batch.files_uploaded += result.files_uploaded
         batch.bytes_uploaded += result.bytes_uploaded
+        return self._record(row, task, entity, result, summary, batch)
+
+    def _send_batch(self, row: ExportConfigRow, sender: BatchSender, batch_tasks: list[tasks.Task],
+                    stop: threading.Event, summary: TargetSummary, batch: Batch) -> bool:
+        """Send a batch of tasks' entities with protocol v2 and record each outcome; False
+        if the target failed (no outcome is recorded then: the next plan finds what the
+        target already holds, so nothing is sent twice)."""
+        batch.entities += len(batch_tasks)
+        pending = [(task, entity) for task in batch_tasks
+                   if (entity := self._entity_of(row, task, summary, batch)) is not None]
+        stats = BatchStats()
+        try:
+            results = sender.send([entity for _, entity in pending], stats=stats,
+                                  progress=lambda count: self.reporter.bytes_sent(row.name, count))
+        except TargetError as error:
+            if stop.is_set():
+                raise _Stopped from error
+            self._target_failed(row, summary, str(error))
+            return False
+        summary.files_uploaded += stats.files_uploaded
+        summary.bytes_uploaded += stats.bytes_uploaded
+        batch.files_uploaded += stats.files_uploaded
+        batch.bytes_uploaded += stats.bytes_uploaded
+        completed = [(task, entity) for task, entity in pending if results[entity.id].ok]
+        with self.database.write() as session:  # one commit for the batch's confirmations
+            for task, _ in completed:
+                tasks.complete(session, task)
+        for _, entity in completed:
+            summary.entities_sent += 1
+            batch.complete += 1
+            self.reporter.entity_done(row.name, True, entity_bytes(entity))
+        for task, entity in pending:
+            if not results[entity.id].ok and not self._record(row, task, entity,
+                                                             results[entity.id], summary, batch):
+                return False
+        return True
+
+    def _record(self, row: ExportConfigRow, task: tasks.Task, entity, result: ExportResult,
+                summary: TargetSummary, batch: Batch) -> bool:
+        """Record one entity's outcome; False if it shows that the target failed."""
+        size = entity_bytes(entity)
         if result.ok:
             with self.database.write() as session:
                 tasks.complete(session, task)
@@ -426,6 +498,20 @@ class Exporter:
                 chunk_size=self.settings.chunk_bytes)
             self._clients[row.config_id] = (key, client)
             return client
+
+    def _batch_sender(self, row: ExportConfigRow, client: ImportClient) -> BatchSender | None:
+        """A protocol v2 sender for a target that speaks it (after describe()), else None:
+        the legacy handshake then."""
+        if not client.speaks_batches():
+            return None
+        with self._clients_lock:
+            sender = self._senders.get(row.config_id)
+            if sender is None or sender.client is not client:
+                if sender is not None:
+                    sender.close()
+                sender = BatchSender(client, self.source, concurrency=self.settings.concurrency)
+                self._senders[row.config_id] = sender
+        return sender
 
     def _enabled_configs(self) -> list[ExportConfigRow]:
         with self.database.read() as session:

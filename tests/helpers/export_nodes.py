@@ -249,7 +249,8 @@ def assert_same_records(source: Node, target: Node, stale_valid_to: set[uuid.UUI
 # Watching and breaking targets -------------------------------------------------------------
 
 class ImportLog:
-    """WSGI middleware that notes each /import request and its reply state.
+    """WSGI middleware that notes each /import request and its reply state, and the kind
+    of each protocol v2 request (``plan``, ``statuses``, ``files``, ``records``).
 
     ``hold_after`` completes: the next request for a new entity waits on ``gate`` (so a
     test can kill the exporter while a request is in flight, at a known point).
@@ -265,6 +266,10 @@ class ImportLog:
 
     def __call__(self, environ, start_response):
         request = Request(environ)
+        if request.method == "POST" and request.path.startswith("/import/batch/"):
+            with self._lock:  # protocol v2: note which request, not its entities
+                self.entries.append((request.path.rsplit("/", 1)[1], None, None))
+            return self.app(environ, start_response)
         if request.method != "POST" or request.path != "/import":
             return self.app(environ, start_response)
         body = request.get_data(cache=True)
