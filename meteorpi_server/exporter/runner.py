@@ -394,10 +394,7 @@ class Exporter:
                 raise _Stopped from error
             self._target_failed(row, summary, str(error))
             return False
-        summary.files_uploaded += result.files_uploaded
-        summary.bytes_uploaded += result.bytes_uploaded
-        batch.files_uploaded += result.files_uploaded
-        batch.bytes_uploaded += result.bytes_uploaded
+        _count_uploads(result.files_uploaded, result.bytes_uploaded, summary, batch)
         return self._record(row, task, entity, result, summary, batch)
 
     def _send_batch(self, row: ExportConfigRow, sender: BatchSender, batch_tasks: list[tasks.Task],
@@ -417,10 +414,7 @@ class Exporter:
                 raise _Stopped from error
             self._target_failed(row, summary, str(error))
             return False
-        summary.files_uploaded += stats.files_uploaded
-        summary.bytes_uploaded += stats.bytes_uploaded
-        batch.files_uploaded += stats.files_uploaded
-        batch.bytes_uploaded += stats.bytes_uploaded
+        _count_uploads(stats.files_uploaded, stats.bytes_uploaded, summary, batch)
         completed = [(task, entity) for task, entity in pending if results[entity.id].ok]
         with self.database.write() as session:  # one commit for the batch's confirmations
             for task, _ in completed:
@@ -546,6 +540,12 @@ class Exporter:
         now = store.now_ms()
         return (self._pending_count(config_id, now),
                 pending_bytes(self.database, config_id, due_by=now))
+
+
+def _count_uploads(files: int, size: int, *tallies: TargetSummary | Batch) -> None:
+    for tally in tallies:
+        tally.files_uploaded += files
+        tally.bytes_uploaded += size
 
 
 def _server_id_of(document: dict | None) -> uuid.UUID | None:
