@@ -34,8 +34,13 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
+# Every benchmark, one after another (about an hour); each prints its own table.
 bench: install
 	$(BIN)/python bench/import_handshake.py
+	$(BIN)/python bench/resumable_upload.py
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/batch_replication.py
+	$(BIN)/python bench/search.py
 
 # Two servers on loopback: a camera node fills up with demo data and replicates it to a
 # central server while you watch; it then says where to look. Servers stop on exit.
