@@ -158,3 +158,28 @@ def test_the_packages_the_command_imports_are_declared_dependencies():
                    if module not in sys.stdlib_module_names and module != "meteorpi_model"}
     assert third_party >= {"click"}
     assert third_party <= declared
+
+
+def test_files_gc_removes_stale_leftovers_and_keeps_what_is_in_progress(config_file, tmp_path):
+    import os
+    import time
+    import uuid
+
+    from meteorpi_server.files import FileStore
+
+    assert meteorpi(config_file, "db", "upgrade").exit_code == 0
+    files = FileStore(tmp_path / "files")
+    day_ago = time.time() - 2 * 24 * 3600
+    stale = files.upload_path(uuid.uuid4(), "0" * 32)  # a resumable upload abandoned long ago
+    fresh = files.upload_path(uuid.uuid4(), "1" * 32)  # one still going
+    unindexed = files.path_for(uuid.uuid4())  # a crash between file and row, long ago
+    unindexed.parent.mkdir(parents=True)
+    for path in (stale, fresh, unindexed):
+        path.write_bytes(b"partial")
+    for path in (stale, unindexed):
+        os.utime(path, (day_ago, day_ago))
+    result = meteorpi(config_file, "files", "gc")
+    assert result.exit_code == 0, result.output
+    assert result.output == "removed 0 orphaned, 1 unindexed and 1 partial files\n"
+    assert not stale.exists() and not unindexed.exists()
+    assert fresh.read_bytes() == b"partial"
