@@ -15,13 +15,15 @@ Each repetition records two new nights on the node, and sends
 exporter
     one night with the export runner (``Exporter.run_once``, as ``meteorpi export run
     --once`` does): describe the target, mark the night's tasks (one INSERT ... SELECT),
-    send each task with the handshake driver, and commit each task's outcome before the
-    next. Two configurations, the night's events and its stand-alone files, run in
-    parallel as they would in production.
+    send them in batches with protocol v2, which this target offers (plan, statuses,
+    bundles of files, records), and commit each batch's outcomes. Two configurations,
+    the night's events and its stand-alone files, run in parallel as they would in
+    production.
 baseline
-    the other night with the bare handshake driver: one ``ImportClient`` (after
-    ``describe()``, so it uploads the same way) and ``export_entity`` for each entity
-    in turn, events then stand-alone files, with no tasks, marking or commits.
+    the other night with the bare legacy handshake driver: one ``ImportClient`` (after
+    ``describe()``, so files go by resumable upload) and ``export_entity`` for each
+    entity in turn, events then stand-alone files, with no tasks, marking or commits:
+    what the exporter did before it spoke v2, less its bookkeeping.
 
 entities/s counts events and stand-alone files completed per second of wall time; MB/s
 counts file bytes uploaded per second. "x baseline" is the exporter's rate divided by the
