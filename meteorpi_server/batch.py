@@ -138,8 +138,9 @@ class BatchImporter:
         for file_id, md5 in wanted_files.items():
             if held.get(file_id) == md5:
                 continue
-            state = self.uploads.state(file_id, md5)
-            files.append({"file_id": file_id.hex, "md5": md5, "offset": state.offset or 0})
+            # Not held (the query above said so): only a partial upload can be there.
+            files.append({"file_id": file_id.hex, "md5": md5,
+                          "offset": self.uploads.partial_offset(file_id, md5)})
         return {"entities": results, "need_statuses": [status_id.hex for status_id in statuses],
                 "need_files": files}
 

@@ -118,10 +118,15 @@ class ResumableUploads:
         """The offset to send from next (0 for an upload never started)."""
         if self.receiver.has_file_data(file_id, md5):
             return UploadState(offset=None, complete=True)
+        return UploadState(self.partial_offset(file_id, md5))
+
+    def partial_offset(self, file_id: uuid.UUID, md5: str) -> int:
+        """How many bytes of an unfinished upload are held (0 for none), for a caller
+        that already knows the file is not stored."""
         try:
-            return UploadState(os.stat(self.files.upload_path(file_id, md5)).st_size)
+            return os.stat(self.files.upload_path(file_id, md5)).st_size
         except FileNotFoundError:
-            return UploadState(0)
+            return 0
 
     def append(self, file_id: uuid.UUID, md5: str, offset: int, length: int, body: BinaryIO,
                user: str, checksum: Checksum | None = None,
