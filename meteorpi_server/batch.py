@@ -179,22 +179,13 @@ class BatchImporter:
         """
         results, group = [], self.files.group()
         try:
-            # One read session for the "already held?" checks: a session each would cost
-            # more than the check.
-            with self.database.read() as session:
-                for entry in read_bundle(stream, self.max_entities):
-                    results.append(self._store_bundle_entry(session, entry, user, group))
+            for entry in read_bundle(stream, self.max_entities):
+                results.append(self._store_bundle_entry(entry, user, group))
         finally:
-            stored = group.commit()
-            if stored:
-                with self.database.write() as session:
-                    store.record_blobs(session, [(f.file_id, f.md5, f.size) for f in stored])
-                log.info("stored %d files (%d bytes) from a bundle from %s", len(stored),
-                         sum(f.size for f in stored), user)
+            self._commit_bundle(group, user)
         return {"results": results}
 
-    def _store_bundle_entry(self, session: Session, entry: BundleEntry, user: str,
-                            group: FileGroup) -> dict:
+    def _store_bundle_entry(self, entry: BundleEntry, user: str, group: FileGroup) -> dict:
         if entry.invalid is not None:
             entry.skip()
             return _result("file_data", "", "invalid", message=str(entry.invalid),
@@ -205,19 +196,29 @@ class BatchImporter:
             return _result("file_data", file_id_text, "too_large",
                            message=f"the file is larger than this server's limit of "
                                    f"{self.max_file_bytes} bytes")
-        if store.holds_file_data(session, entry.file_id, entry.md5):
-            entry.skip()  # bytes a stored record relies on are never replaced
-            return _result("file_data", file_id_text, "stored")
         try:
             group.write(entry.file_id, entry.content, entry.md5)
         except Md5Mismatch as mismatch:
-            with self.database.write() as write_session:
-                store.note_upload_failure(write_session, entry.file_id, entry.md5)
+            with self.database.write() as session:
+                store.note_upload_failure(session, entry.file_id, entry.md5)
             log.warning("bundled upload from %s discarded: %s", user, mismatch)
             return _result("file_data", file_id_text, "md5_mismatch",
                            message=f"{mismatch}; the bytes were discarded: check the file on "
                                    "the node and send it again")
         return _result("file_data", file_id_text, "stored")
+
+    def _commit_bundle(self, group: FileGroup, user: str) -> None:
+        """Move the bundle's verified files into place and record them, all but those whose
+        bytes are held already (one query for the bundle, not one per file): bytes a
+        stored record relies on are never replaced."""
+        with self.database.read() as session:
+            held = store.file_data_held(session, group.written())
+        stored = group.commit(exclude=held)
+        if stored:
+            with self.database.write() as session:
+                store.record_blobs(session, [(f.file_id, f.md5, f.size) for f in stored])
+            log.info("stored %d files (%d bytes) from a bundle from %s", len(stored),
+                     sum(f.size for f in stored), user)
 
     # Records ---------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Collection, Iterator
 
 from meteorpi_model import MD5Stream
 
@@ -226,12 +226,13 @@ class FileGroup:
     def __init__(self, store: FileStore):
         self.store = store
         self._written: list[tuple[StoredFile, Path]] = []
+        store.uploads.mkdir(parents=True, exist_ok=True)
 
     def write(self, file_id: uuid.UUID, source: BinaryIO, expected_md5: str,
               max_bytes: int | None = None) -> StoredFile:
         """Write ``source`` under ``.uploads/`` and check its md5 (Md5Mismatch, TooLarge:
         the bytes are discarded); it is stored by :meth:`commit`."""
-        temporary = self.store._temporary_path(file_id)
+        temporary = self.store.uploads / f"{file_id.hex}.{secrets.token_hex(4)}.part"
         try:
             with open(temporary, "xb") as out:
                 stored = _receive(file_id, source, expected_md5, max_bytes, out)
@@ -241,9 +242,21 @@ class FileGroup:
         self._written.append((stored, temporary))
         return stored
 
-    def commit(self) -> list[StoredFile]:
-        """Make every verified file durable and move it into place; return them."""
+    def written(self) -> dict[uuid.UUID, str]:
+        """The files verified so far and not yet committed: id: md5."""
+        return {stored.file_id: stored.md5 for stored, _ in self._written}
+
+    def commit(self, exclude: Collection[uuid.UUID] = ()) -> list[StoredFile]:
+        """Make every verified file durable and move it into place; return them.
+
+        Files in ``exclude`` are dropped instead (the caller found their bytes held).
+        """
         written, self._written = self._written, []
+        for stored, temporary in written:
+            if stored.file_id in exclude:
+                temporary.unlink(missing_ok=True)
+        written = [(stored, temporary) for stored, temporary in written
+                   if stored.file_id not in exclude]
         if not written:
             return []
         if _SYNCFS is None or not self._syncfs():
@@ -253,9 +266,10 @@ class FileGroup:
         directories = set()
         for stored, temporary in written:
             final = self.store.path_for(stored.file_id)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.parent not in directories:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                directories.add(final.parent)
             os.replace(temporary, final)
-            directories.add(final.parent)
         if _SYNCFS is None or not self._syncfs():
             self.store.sync_directories(directories)
         return [stored for stored, _ in written]

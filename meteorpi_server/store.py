@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -74,10 +74,14 @@ def has_file_record(session: Session, file_id: uuid.UUID) -> bool:
     return session.scalar(select(exists().where(FileRecordRow.file_id == file_id)))
 
 
-def holds_file_data(session: Session, file_id: uuid.UUID, md5: str) -> bool:
-    """Whether a stored record relies on bytes for ``file_id``, or verified bytes with
-    this md5 wait for their record: either way, new bytes must not replace them."""
-    return has_file_record(session, file_id) or blob_md5(session, file_id) == md5
+def file_data_held(session: Session, files: Mapping[uuid.UUID, str]) -> set[uuid.UUID]:
+    """Which of ``files`` (id: md5) must not get new bytes: a stored record relies on the
+    bytes held for the id, or verified bytes with that md5 wait for their record."""
+    if not files:
+        return set()
+    ids = list(files)
+    held = set(session.scalars(select(FileRecordRow.file_id).where(FileRecordRow.file_id.in_(ids))))
+    return held | {file_id for file_id, md5 in blob_md5s(session, ids).items() if files[file_id] == md5}
 
 
 def missing_statuses(session: Session, status_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
