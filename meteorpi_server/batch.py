@@ -300,9 +300,7 @@ class BatchImporter:
         entity_type, entity_id = entity.ENTITY_TYPE, entity.id.hex
         if _is_stored(session, entity):
             return _result(entity_type, entity_id, "complete"), False
-        statuses = [entity.status_id] + ([record.status_id for record in entity.files]
-                                         if isinstance(entity, Event) else [])
-        missing_status = store.missing_statuses(session, statuses)
+        missing_status = store.missing_statuses(session, _statuses_of(entity))
         if missing_status:
             return _result(entity_type, entity_id, "need_status",
                            status_id=missing_status[0].hex), False
@@ -372,9 +370,8 @@ def _files_of(entity: Event | FileRecord) -> list[FileRecord]:
 
 
 def _statuses_of(entity: Event | FileRecord) -> list[uuid.UUID]:
-    """The statuses a record needs: its own, and those its files name."""
-    return list(dict.fromkeys([entity.status_id] + [record.status_id for record in _files_of(entity)
-                                                    if isinstance(entity, Event)]))
+    """The statuses a record needs: its own, and those its files name, once each."""
+    return list(dict.fromkeys([entity.status_id] + [record.status_id for record in _files_of(entity)]))
 
 
 def _stored_ids(session: Session, typed_ids: Iterable[tuple[str, uuid.UUID]]) -> set[uuid.UUID]:

@@ -214,9 +214,12 @@ class BatchSender:
         records = {record.file_id: record for entity in entities for record in _files_of(entity)}
         jobs = [(records[uuid.UUID(item["file_id"])], int(item.get("offset", 0)))
                 for item in needed if uuid.UUID(item["file_id"]) in records]
-        bundled = [record for record, offset in jobs if offset == 0 and self._bundles(record)]
-        resumable = [(record, offset) for record, offset in jobs
-                     if not (offset == 0 and self._bundles(record))]
+        bundled, resumable = [], []
+        for record, offset in jobs:  # an upload already begun goes on where it is
+            if offset == 0 and self._bundles(record):
+                bundled.append(record)
+            else:
+                resumable.append((record, offset))
         failures: dict[uuid.UUID, str] = {}
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
