@@ -160,8 +160,15 @@ class BatchImporter:
             new = set(store.missing_statuses(session, [status.status_id for status in parsed]))
             for status in parsed:
                 if status.status_id in new:
-                    store.insert_status(session, status, source)
                     new.discard(status.status_id)  # the same status twice in one batch
+                    try:
+                        with session.begin_nested():
+                            store.insert_status(session, status, source)
+                    except IntegrityError:
+                        # Another exporter (the node's other configuration, say) stored it
+                        # since we looked: it is stored, once. Anything else is a real error.
+                        if not store.has_status(session, status.status_id):
+                            raise
                 results.append(_result("status", status.status_id.hex, "stored"))
         return {"results": results}
 

@@ -344,3 +344,14 @@ def test_a_bundle_over_the_entity_limit_is_refused(settings, exporter_auth, came
     records = [dataset.add_file(camera, size=10) for _ in range(3)]
     assert "at most 2" in batch.files(bundle(dataset, *records), expect=400)["message"]
     app.extensions["meteorpi"].database.dispose()
+
+
+def test_a_status_stored_by_another_exporter_meanwhile_is_stored_once(batch, camera, services,
+                                                                      monkeypatch):
+    batch.statuses(camera)
+    # Another exporter's transaction stored it after this request looked for it.
+    monkeypatch.setattr(store, "missing_statuses", lambda session, ids: list(ids))
+    assert batch.statuses(camera)["results"] == [
+        {"type": "status", "id": camera.status_id.hex, "state": "stored"}]
+    monkeypatch.undo()
+    assert stored(services)["statuses"] == 1
