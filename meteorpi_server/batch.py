@@ -207,7 +207,8 @@ class BatchImporter:
             group.write(entry.file_id, entry.content, entry.md5)
         except Md5Mismatch as mismatch:
             with self.database.write() as session:
-                store.note_upload_failure(session, entry.file_id, entry.md5)
+                store.note_upload_failure(session, entry.file_id, entry.md5,
+                                         store.now_ms() - self.attempts_window_ms)
             log.warning("bundled upload from %s discarded: %s", user, mismatch)
             return _result("file_data", file_id_text, "md5_mismatch",
                            message=f"{mismatch}; the bytes were discarded: check the file on "

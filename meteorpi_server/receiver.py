@@ -200,14 +200,14 @@ class DatabaseImportReceiver(BaseImportReceiver):
         would be asked for them for ever.
         """
         expected = _record_md5(request, file_id)
-        window_start = store.now_ms() - self.config.upload_attempts_window_seconds * 1000
+        window_start = self._attempts_window_start()
         with self.database.read() as session:
             held = store.blob_md5(session, file_id)
         if held is not None and expected is not None and held != expected:
             log.warning("bytes held for file %s have md5 %s, its record says %s",
                         file_id.hex, held, expected)
             with self.database.write() as session:
-                store.note_upload_failure(session, file_id, held)
+                store.note_upload_failure(session, file_id, held, window_start)
         with self.database.read() as session:
             failures = store.recent_upload_failures(session, file_id, window_start)
         if failures >= self.config.upload_attempts:
@@ -230,11 +230,15 @@ class DatabaseImportReceiver(BaseImportReceiver):
         except Md5Mismatch as mismatch:
             log.warning("upload from %s discarded: %s", user, mismatch)
             with self.database.write() as session:
-                store.note_upload_failure(session, file_id, md5)
+                store.note_upload_failure(session, file_id, md5, self._attempts_window_start())
             return
         with self.database.write() as session:
             store.record_blob(session, file_id, stored.md5, stored.size)
         log.info("stored %d bytes for file %s from %s", stored.size, file_id.hex, user)
+
+    def _attempts_window_start(self) -> int:
+        """Failed uploads before this time (ms) no longer count towards upload_attempts."""
+        return store.now_ms() - self.config.upload_attempts_window_seconds * 1000
 
     def has_file_data(self, file_id: uuid.UUID, md5: str) -> bool:
         with self.database.read() as session:

@@ -80,7 +80,7 @@ class Services:
         receiver = load_receiver_class(config.receiver)(ReceiverContext(config, database, files))
         importer = Importer(receiver, EntityCache(config.import_cache_size))
         uploads = ResumableUploads(files, receiver, database, config.max_chunk_bytes,
-                                   config.max_upload_bytes)
+                                   config.max_upload_bytes, config.upload_attempts_window_seconds)
         sweep = PeriodicSweep(database, files, config)
         batch = None
         if config.batch_protocol and batch_supported(receiver):

@@ -169,12 +169,17 @@ def known_blob_ids(session: Session, file_ids: Iterable[uuid.UUID]) -> set[uuid.
 
 # Upload failures -------------------------------------------------------------------
 
-def note_upload_failure(session: Session, file_id: uuid.UUID, md5: str) -> None:
+def note_upload_failure(session: Session, file_id: uuid.UUID, md5: str,
+                        window_start_ms: int) -> None:
+    """Count a failed upload of ``file_id``. Failures before ``window_start_ms`` no longer
+    count (see :func:`recent_upload_failures`), so a failure after them starts afresh."""
     now = now_ms()
     row = session.get(UploadFailureRow, file_id, with_for_update=True)
     if row is None:
         session.add(UploadFailureRow(file_id=file_id, attempts=1, first_failed_at=now,
                                      last_failed_at=now, last_md5=md5))
+    elif row.last_failed_at < window_start_ms:
+        row.attempts, row.first_failed_at, row.last_failed_at, row.last_md5 = 1, now, now, md5
     else:
         row.attempts += 1
         row.last_failed_at = now

@@ -181,6 +181,24 @@ def test_a_good_upload_after_failures_lets_the_import_finish(node, camera, datas
     assert node.send_cached(event.event_id) == {"state": "complete"}
 
 
+def test_failed_uploads_older_than_the_window_no_longer_count(node, camera, dataset, services,
+                                                              monkeypatch):
+    from meteorpi_server import store as store_module
+
+    event = dataset.add_event(camera, file_count=1)
+    record = event.files[0]
+    node.send(event)
+    node.send(camera)
+    for _ in range(services.config.upload_attempts - 1):
+        node.upload(record.file_id, b"corrupted", md5=record.md5)
+    # A window later, one more bad upload is the first of a new count, not the last straw.
+    later = store_module.now_ms() + services.config.upload_attempts_window_seconds * 1000 + 1
+    monkeypatch.setattr(store_module, "now_ms", lambda: later)
+    node.upload(record.file_id, b"corrupted again", md5=record.md5)
+    assert node.send_cached(event.event_id) == {
+        "state": "need_file_data", "file_id": record.file_id.hex}
+
+
 def test_bytes_with_another_md5_than_the_record_are_asked_for_again(node, camera, dataset):
     event = dataset.add_event(camera, file_count=1)
     record = event.files[0]
