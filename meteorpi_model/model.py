@@ -57,6 +57,7 @@ __all__ = [
     "Orientation",
     "Point",
     "Role",
+    "files_of",
     "format_id",
     "parse_id",
     "parse_md5",
@@ -325,3 +326,11 @@ class Event:
                 files=files,
                 meta=_meta_list(F.required(d, "meta")),
             )
+
+
+def files_of(entity: Event | FileRecord | CameraStatus) -> list[FileRecord]:
+    """The file records an entity carries: an event's files, a stand-alone file itself,
+    none for a camera status."""
+    if isinstance(entity, Event):
+        return list(entity.files)
+    return [entity] if isinstance(entity, FileRecord) else []

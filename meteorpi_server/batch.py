@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from meteorpi_model import (CameraStatus, Event, FileRecord, ValidationError, parse_id,
+from meteorpi_model import (CameraStatus, Event, FileRecord, ValidationError, files_of, parse_id,
                             parse_md5)
 
 from . import store
@@ -252,7 +252,7 @@ class BatchImporter:
             stored_now = self._insert_ready(session, ready, source, results)
         # After the commit, so the hook only ever sees records that are really stored.
         self.receiver.announce_stored_files(
-            [record for entity in stored_now for record in _files_of(entity)])
+            [record for entity in stored_now for record in files_of(entity)])
         return {"results": [results[index] for index in sorted(results)]}
 
     def _ready_records(self, session: Session, parsed: list[tuple[int, Event | FileRecord]],
@@ -265,13 +265,13 @@ class BatchImporter:
         waiting = [entity for entity in entities if entity.id not in stored
                    and not missing_statuses.intersection(_statuses_of(entity))]
         missing_files = set(store.claim_blobs(
-            session, [record for entity in waiting for record in _files_of(entity)]))
+            session, [record for entity in waiting for record in files_of(entity)]))
         ready = []
         for index, entity in parsed:
             entity_type, entity_id = entity.ENTITY_TYPE, entity.id.hex
             lacking_status = [status_id for status_id in _statuses_of(entity)
                               if status_id in missing_statuses]
-            lacking_file = [record.file_id for record in _files_of(entity)
+            lacking_file = [record.file_id for record in files_of(entity)
                             if record.file_id in missing_files]
             if entity.id in stored:
                 results[index] = _result(entity_type, entity_id, "complete")
@@ -373,13 +373,9 @@ def _is_stored(session: Session, entity: Event | FileRecord) -> bool:
     return store.has_file_record(session, entity.file_id)
 
 
-def _files_of(entity: Event | FileRecord) -> list[FileRecord]:
-    return list(entity.files) if isinstance(entity, Event) else [entity]
-
-
 def _statuses_of(entity: Event | FileRecord) -> list[uuid.UUID]:
     """The statuses a record needs: its own, and those its files name, once each."""
-    return list(dict.fromkeys([entity.status_id] + [record.status_id for record in _files_of(entity)]))
+    return list(dict.fromkeys([entity.status_id] + [record.status_id for record in files_of(entity)]))
 
 
 def _stored_ids(session: Session, typed_ids: Iterable[tuple[str, uuid.UUID]]) -> set[uuid.UUID]:

@@ -140,6 +140,7 @@ class FileStore:
         ``source`` is read in 1 MiB pieces until it returns b"". Raises Md5Mismatch or
         TooLarge (the bytes are discarded) or whatever reading ``source`` raises.
         """
+        self.uploads.mkdir(parents=True, exist_ok=True)
         temporary = self._temporary_path(file_id)
         try:
             with open(temporary, "xb") as out:
@@ -155,7 +156,7 @@ class FileStore:
         return stored
 
     def _temporary_path(self, file_id: uuid.UUID) -> Path:
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        """A new name under ``.uploads/`` for bytes of ``file_id`` being received."""
         return self.uploads / f"{file_id.hex}.{secrets.token_hex(4)}.part"
 
     def remove(self, file_id: uuid.UUID) -> bool:
@@ -232,7 +233,7 @@ class FileGroup:
               max_bytes: int | None = None) -> StoredFile:
         """Write ``source`` under ``.uploads/`` and check its md5 (Md5Mismatch, TooLarge:
         the bytes are discarded); it is stored by :meth:`commit`."""
-        temporary = self.store.uploads / f"{file_id.hex}.{secrets.token_hex(4)}.part"
+        temporary = self.store._temporary_path(file_id)
         try:
             with open(temporary, "xb") as out:
                 stored = _receive(file_id, source, expected_md5, max_bytes, out)

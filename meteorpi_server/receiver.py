@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from meteorpi_model import Event, FileRecord
+from meteorpi_model import FileRecord, files_of
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -223,7 +223,7 @@ class DatabaseImportReceiver(BaseImportReceiver):
     def receive_file_data(self, file_id: uuid.UUID, md5: str, content: BinaryIO, user: str) -> None:
         with self.database.read() as session:
             # Bytes a stored record relies on are never replaced.
-            if store.has_file_record(session, file_id) or store.blob_md5(session, file_id) == md5:
+            if store.file_data_held(session, {file_id: md5}):
                 return
         try:
             stored = self.files.write(file_id, content, md5, self.config.max_upload_bytes)
@@ -242,7 +242,7 @@ class DatabaseImportReceiver(BaseImportReceiver):
 
     def has_file_data(self, file_id: uuid.UUID, md5: str) -> bool:
         with self.database.read() as session:
-            return store.has_file_record(session, file_id) or store.blob_md5(session, file_id) == md5
+            return bool(store.file_data_held(session, {file_id: md5}))
 
     def receive_complete_upload(self, file_id: uuid.UUID, md5: str, path: Path, user: str) -> None:
         if self.has_file_data(file_id, md5):
@@ -265,10 +265,8 @@ class DatabaseImportReceiver(BaseImportReceiver):
 
 def _record_md5(request: ImportRequest, file_id: uuid.UUID) -> str | None:
     """The md5 the request's event or file record gives for ``file_id`` (None if absent)."""
-    entity = request.entity
-    records = entity.files if isinstance(entity, Event) else [entity]
-    return next((record.md5 for record in records
-                 if isinstance(record, FileRecord) and record.file_id == file_id), None)
+    return next((record.md5 for record in files_of(request.entity)
+                 if record.file_id == file_id), None)
 
 
 # 'complete' because this request stored the entity (not because it was already there).

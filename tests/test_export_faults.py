@@ -146,6 +146,16 @@ def assert_same_records_for_events(source, target) -> None:
                         == source.services.files.path_for(record.file_id).read_bytes())
 
 
+def assert_given_up(source, status, count: int, attempts: int, reason: str) -> None:
+    """``count`` tasks were given up on after ``attempts`` tries each, each saying ``reason``."""
+    with source.services.database.read() as session:
+        errors = tasks.last_task_errors(session, status.view.config_id)
+        tries = session.scalars(select(ExportTaskRow.attempts)
+                                .where(ExportTaskRow.state == tasks.FAILED)).all()
+    assert tries == [attempts] * count
+    assert errors and all(reason in error for _, _, error in errors)
+
+
 def refusing(*camera_ids: str):
     """A target that answers 'failed' for every event of these cameras."""
 
@@ -191,12 +201,7 @@ def test_an_entity_the_target_refuses_waits_without_holding_up_the_others(source
     # Each refused entity was tried twice (max_failures=2), then given up on.
     refused = SMALL_NIGHT.events_per_night
     assert (status.done, status.pending, status.failed) == (SMALL_NIGHT.events_per_night, 0, refused)
-    with source.services.database.read() as session:
-        errors = tasks.last_task_errors(session, status.view.config_id)
-        attempts = session.scalars(select(ExportTaskRow.attempts)
-                                   .where(ExportTaskRow.state == tasks.FAILED)).all()
-    assert attempts == [2] * refused
-    assert errors and all("camera under repair" in error for _, _, error in errors)
+    assert_given_up(source, status, count=refused, attempts=2, reason="camera under repair")
 
 
 def test_retry_puts_failed_tasks_back(source, make_node):
@@ -308,12 +313,7 @@ def test_an_entity_the_target_goes_round_in_circles_over_is_refused_not_the_targ
     # Each stuck entity was charged twice (max_failures=2), then given up on, with why.
     stuck = SMALL_NIGHT.events_per_night
     assert (status.done, status.pending, status.failed) == (SMALL_NIGHT.events_per_night, 0, stuck)
-    with source.services.database.read() as session:
-        errors = tasks.last_task_errors(session, status.view.config_id)
-        attempts = session.scalars(select(ExportTaskRow.attempts)
-                                   .where(ExportTaskRow.state == tasks.FAILED)).all()
-    assert attempts == [2] * stuck
-    assert errors and all(reason in error for _, _, error in errors)
+    assert_given_up(source, status, count=stuck, attempts=2, reason=reason)
 
 
 def test_a_target_that_answers_who_it_is_is_up_even_if_it_refuses_everything(source, make_node):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from meteorpi_model import Event, FileRecord
+from meteorpi_model import Event, FileRecord, files_of
 
 from ..bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE, header_line
 from .handshake import (EntitySource, ExportResult, ImportClient, TargetError, export_entity,
@@ -67,13 +67,9 @@ def _serialised(progress: Progress | None) -> Progress | None:
     return report
 
 
-def _files_of(entity: Event | FileRecord) -> list[FileRecord]:
-    return list(entity.files) if isinstance(entity, Event) else [entity]
-
-
 def _plannable(entity: Event | FileRecord) -> bool:
     """A plan names each file with its md5; a record without one needs the handshake."""
-    return all(record.md5 is not None for record in _files_of(entity))
+    return all(record.md5 is not None for record in files_of(entity))
 
 
 def _plan_entry(entity: Event | FileRecord) -> dict:
@@ -172,7 +168,7 @@ class BatchSender:
         self._send_statuses(plan.get("need_statuses", []), stats)
         failed_files = self._upload_files(plan.get("need_files", []), waiting, progress, stats)
         for entity in list(waiting):
-            reasons = [failed_files[r.file_id] for r in _files_of(entity) if r.file_id in failed_files]
+            reasons = [failed_files[r.file_id] for r in files_of(entity) if r.file_id in failed_files]
             if reasons:
                 results[entity.id] = ExportResult("failed", "; ".join(reasons))
                 waiting.remove(entity)
@@ -211,7 +207,7 @@ class BatchSender:
         uploads not yet started: a target that is down should cost seconds, not a
         round of retries for every file.
         """
-        records = {record.file_id: record for entity in entities for record in _files_of(entity)}
+        records = {record.file_id: record for entity in entities for record in files_of(entity)}
         jobs = [(records[uuid.UUID(item["file_id"])], int(item.get("offset", 0)))
                 for item in needed if uuid.UUID(item["file_id"]) in records]
         bundled, resumable = [], []

@@ -16,7 +16,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from meteorpi_model import CameraStatus, Event, FileRecord, md5_file
+from meteorpi_model import CameraStatus, Event, FileRecord, files_of, md5_file
 
 from .multipart import MultipartFileBody
 from .resumable import (DEFAULT_CHUNK_SIZE, Progress, ResumableUploader, UploadFailed,
@@ -239,14 +239,6 @@ def _reply(response: requests.Response) -> dict | None:
     return reply if isinstance(reply, dict) else None
 
 
-def _files_of(entity) -> list[FileRecord]:
-    if isinstance(entity, Event):
-        return list(entity.files)
-    if isinstance(entity, FileRecord):
-        return [entity]
-    return []
-
-
 def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatus,
                   source: EntitySource, max_round_trips: int | None = None,
                   progress: Progress | None = None) -> ExportResult:
@@ -255,7 +247,7 @@ def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatu
     ``progress`` is called with the number of file bytes the target confirmed, as they are
     confirmed, so a progress bar moves during a large file too.
     """
-    files = {record.file_id: record for record in _files_of(entity)}
+    files = {record.file_id: record for record in files_of(entity)}
     # Each file costs an upload and a resend, plus a status and a resend: anything beyond
     # that (and some slack for cache misses) means the target is going round in circles.
     limit = max_round_trips or 2 * len(files) + 12

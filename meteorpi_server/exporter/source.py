@@ -6,7 +6,7 @@ from typing import BinaryIO
 
 from sqlalchemy import func, or_, select
 
-from meteorpi_model import CameraStatus, Event, FileRecord
+from meteorpi_model import CameraStatus, Event, FileRecord, files_of
 
 from .. import store
 from ..db import Database
@@ -55,5 +55,4 @@ def pending_bytes(database: Database, config_id: uuid.UUID, due_by: int | None =
 
 
 def entity_bytes(entity: Event | FileRecord) -> int:
-    files = entity.files if isinstance(entity, Event) else [entity]
-    return sum(record.file_size for record in files)
+    return sum(record.file_size for record in files_of(entity))
