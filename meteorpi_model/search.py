@@ -78,6 +78,13 @@ _SHARED_SCALARS = (
 _RANGES = (("lat_min", "lat_max"), ("long_min", "long_max"), ("after", "before"), ("after_offset", "before_offset"))
 
 
+def check_camera_id(value: Any, path: str = "camera_id") -> str:
+    """``value`` if it is a camera id a search may name: the rule every ``camera_ids``
+    entry follows, for other places that take a camera id from a client (a URL, the
+    change feed's filter). Raises ValidationError."""
+    return F.identifier(value, path)
+
+
 def _validate_shared(search: EventSearch | FileSearch) -> None:
     if search.camera_ids is not None:
         F.array(search.camera_ids, "camera_ids", MAX_SEARCH_TERMS)
@@ -86,7 +93,7 @@ def _validate_shared(search: EventSearch | FileSearch) -> None:
             # more often, and an export of everything must not hinge on that guess.
             raise ValidationError("camera_ids", "must not be empty (omit it to match every camera)")
         for index, camera_id in enumerate(search.camera_ids):
-            F.identifier(camera_id, f"camera_ids[{index}]")
+            check_camera_id(camera_id, f"camera_ids[{index}]")
     for name, check, bounds in _SHARED_SCALARS:
         F.optional(getattr(search, name), name, check, *bounds)
     for low_name, high_name in _RANGES:

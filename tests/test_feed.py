@@ -240,6 +240,13 @@ def test_a_record_rolled_back_to_its_savepoint_is_not_in_the_feed(services, clie
     ("timeout=1.5", "timeout"),
     ("latest=perhaps", "latest"),
     ("camera=cam-1", "camera"),
+    # Empty filters would match nothing while 'last' moved past every change.
+    ("types=", "types"),
+    ("types=,", "types"),
+    ("camera_id=", "camera_id"),
+    ("camera_id=cam-1&camera_id=", "camera_id"),
+    ("camera_id=" + "c" * 256, "camera_id"),
+    ("camera_id=a%00b", "camera_id"),
 ])
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_bad_query_parameter_is_a_400_naming_it(client, reader, query, parameter):

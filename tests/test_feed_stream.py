@@ -82,6 +82,22 @@ def test_a_quiet_stream_sends_heartbeats_and_ends_after_a_while(quick_stream, li
     assert not any(block.event == "change" for block in blocks)
 
 
+@pytest.mark.parametrize("query, parameter", [
+    ("since=-1", "since"),
+    ("types=meteor", "types"),
+    ("types=", "types"),
+    ("camera_id=", "camera_id"),
+    ("camera_id=" + "c" * 256, "camera_id"),
+    ("timeout=5", "timeout"),
+])
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_bad_query_parameter_is_a_400_naming_it(client, reader, query, parameter):
+    # Answered before the stream starts, so a filter naming nothing is never a silent stream.
+    response = client.get(f"/changes/stream?{query}", auth=reader)
+    assert response.status_code == 400
+    assert response.get_json()["field"] == parameter
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_bad_last_event_id_is_a_400(client, reader):
     response = client.get("/changes/stream", auth=reader, headers={"Last-Event-ID": "abc"})

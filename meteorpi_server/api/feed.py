@@ -31,13 +31,19 @@ def _services():
 
 
 def _filter(params: QueryParameters) -> feed.ChangeFilter:
+    # A filter that names nothing must be refused: read as "no type" or "no camera" it
+    # would match nothing while ``last`` moved on past every change, so a reader would
+    # skip them for good (and a stream would stay silent).
     types = None
     if params.texts("types"):
         try:
             types = feed.parse_types(params.texts("types"))
         except ValueError as error:
             raise bad_parameter("types", str(error)) from None
-    camera_ids = params.texts("camera_id")
+        if not types:
+            raise bad_parameter("types", f"must name at least one of "
+                                         f"{', '.join(feed.ENTITY_TYPES)} (omit it for all)")
+    camera_ids = params.camera_ids("camera_id")
     return feed.ChangeFilter(types, frozenset(camera_ids) if camera_ids else None)
 
 

@@ -7,6 +7,9 @@ from typing import Iterable
 
 from werkzeug.datastructures import MultiDict
 
+from meteorpi_model import ValidationError
+from meteorpi_model.search import check_camera_id
+
 from .errors import ApiError
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
@@ -44,6 +47,18 @@ class QueryParameters:
     def texts(self, name: str) -> list[str]:
         """Every value of a parameter that may be repeated."""
         return self.args.getlist(name)
+
+    def camera_ids(self, name: str = "camera_id") -> list[str]:
+        """Every value of a repeatable camera id parameter, each checked as the searches
+        check ``camera_ids`` (an empty or over-long one is a 400, not a filter that
+        matches nothing)."""
+        values = self.texts(name)
+        for value in values:
+            try:
+                check_camera_id(value, name)
+            except ValidationError as error:
+                raise bad_parameter(name, error.message) from None
+        return values
 
     def integer(self, name: str, default: int | None = None, low: int | None = None,
                 high: int | None = None) -> int | None:
