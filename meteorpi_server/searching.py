@@ -40,6 +40,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from meteorpi_model import Event, EventSearch, FileRecord, FileSearch, MetaConstraint
+from meteorpi_model.limits import MAX_TIME_MS
 
 from .orm import CameraStatusRow, EventMetaRow, EventRow, FileMetaRow, FileRecordRow
 from .store import event_from_row, file_record_from_row
@@ -175,6 +176,10 @@ def _file_conditions(search: FileSearch, driving: frozenset[int] = frozenset()
 
 # Pages and cursors ---------------------------------------------------------------------
 
+# encode() makes at most 76 characters (57 of JSON); leave room, refuse the absurd.
+MAX_CURSOR_LENGTH = 200
+
+
 class CursorError(ValueError):
     """A cursor this server did not make, or one for a different ordering."""
 
@@ -202,12 +207,19 @@ class Cursor:
     def decode(cls, text: str) -> Cursor:
         """Parse :meth:`encode`'s form; raises CursorError for anything else."""
         try:
+            # The longest cursor encode() makes is well under this; a longer text is not
+            # one of ours, and would only cost memory (or recursion, nested) to parse.
+            if len(text) > MAX_CURSOR_LENGTH:
+                raise ValueError
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             direction, time, record_id = json.loads(raw)
-            if direction not in ("a", "d") or type(time) is not int or time < 0:
+            # Within the model's times, so the database never sees a number its
+            # integer columns cannot hold.
+            if (direction not in ("a", "d") or type(time) is not int
+                    or not 0 <= time <= MAX_TIME_MS):
                 raise ValueError
             return cls(time, uuid.UUID(hex=record_id), direction == "d")
-        except (ValueError, TypeError, binascii.Error, AttributeError):
+        except (ValueError, TypeError, binascii.Error, AttributeError, RecursionError):
             raise CursorError("is not a cursor this server made (use the 'next' value of a "
                               "previous reply)") from None
 

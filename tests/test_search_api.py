@@ -2,12 +2,14 @@
 query-string form with cursors, bad input, and who may read."""
 from __future__ import annotations
 
+import base64
 import json
 from urllib.parse import quote
 
 import pytest
 
 import factories
+from meteorpi_model.limits import MAX_TIME_MS
 from local_records import store_locally
 from protocol import ProtocolClient
 
@@ -192,6 +194,32 @@ def test_a_bad_query_parameter_is_a_400_naming_it(client, reader, query, paramet
     body = response.get_json()
     assert body["field"] == parameter
     assert f"'{parameter}'" in body["message"]
+
+
+def cursor_of(document) -> str:
+    return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("cursor", [
+    cursor_of(["d", 10**30, "0" * 32]),           # more than a 64-bit column holds
+    cursor_of(["d", MAX_TIME_MS + 1, "0" * 32]),  # past the latest time a record may have
+    cursor_of(["a", -1, "0" * 32]),
+    base64.urlsafe_b64encode(b"[" * 5000).decode(),  # nested too deep to parse
+    "A" * 10_000,
+], ids=["huge time", "time past the limit", "negative time", "deeply nested", "very long"])
+@pytest.mark.parametrize("path", ["/events", "/files"])
+def test_a_forged_cursor_is_a_400_on_either_database(client, reader, cursor, path):
+    response = client.get(path, auth=reader, query_string={"cursor": cursor})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["field"] == "cursor"
+
+
+def test_a_cursor_at_the_latest_possible_time_is_a_position_like_any_other(client, reader, stored):
+    owner = factories.status()
+    stored(owner, *events_at(owner, 1, 2))
+    cursor = cursor_of(["d", MAX_TIME_MS, "f" * 32])
+    reply = client.get("/events", auth=reader, query_string={"cursor": cursor}).get_json()
+    assert len(reply["events"]) == 2
 
 
 def test_a_cursor_cannot_change_the_order(client, reader, stored):
