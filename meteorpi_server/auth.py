@@ -13,6 +13,7 @@ import hmac
 import secrets
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -30,8 +31,40 @@ MAX_NAME_LENGTH = 255
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 
 
+def _usable_credentials(name: str, password: str) -> bool:
+    """Whether ``name`` could be a user's and both are text a database can be asked about.
+
+    A NUL or other control character, an over-long name or a lone surrogate can never
+    match a user (``add`` refuses them), and some databases reject such a string with an
+    error rather than finding nothing, so these are refused before any query.
+    """
+    if not name or len(name) > MAX_NAME_LENGTH or "\0" in password:
+        return False
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        return False
+    try:
+        name.encode("utf-8")
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class UserError(ValueError):
     """A user cannot be added or changed as asked; the message says why."""
+
+
+def _check_password(password: str) -> None:
+    if not password:
+        raise UserError("the password must not be empty")
+    # scrypt's HMAC pads the password with NULs, so "pw" and "pw\0" would both match
+    # one hash: NULs are refused here and at every check instead.
+    if "\0" in password:
+        raise UserError("the password must not contain a NUL character")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError("the password must be valid text (UTF-8)") from None
 
 
 @dataclass(frozen=True)
@@ -95,12 +128,15 @@ class Users:
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user if ``password`` is theirs, else None."""
+        if not isinstance(name, str) or not isinstance(password, str) \
+                or not _usable_credentials(name, password):
+            return None
         # One Core query, not an ORM load: this runs on every request of every exporter.
         statement = (select(UserRow.password_hash, UserRow.created_at, UserRoleRow.role)
                      .outerjoin(UserRoleRow, UserRoleRow.user_name == UserRow.name)
                      .where(UserRow.name == name))
         with self.database.engine.connect() as connection:
-            rows = connection.execute(statement).all() if name else []
+            rows = connection.execute(statement).all()
         if not rows:
             check_password_hash(_DUMMY_HASH, password)
             return None
@@ -124,8 +160,7 @@ class Users:
     def add(self, name: str, password: str, roles) -> User:
         if not name or len(name) > MAX_NAME_LENGTH or ":" in name or not name.isprintable():
             raise UserError("a user name is 1 to 255 printable characters without ':'")
-        if not password:
-            raise UserError("the password must not be empty")
+        _check_password(password)
         roles = self._check_roles(roles)
         with self.database.write() as session:
             if session.get(UserRow, name) is not None:
@@ -143,8 +178,7 @@ class Users:
         return row
 
     def set_password(self, name: str, password: str) -> None:
-        if not password:
-            raise UserError("the password must not be empty")
+        _check_password(password)
         with self.database.write() as session:
             self._require(session, name).password_hash = generate_password_hash(password)
 

@@ -1,12 +1,13 @@
 """Authentication and roles: every write route is protected; password checks are cached safely."""
 from __future__ import annotations
 
+import base64
 import uuid
 
 import pytest
 
 from meteorpi_server import auth as auth_module
-from meteorpi_server.auth import VerificationCache
+from meteorpi_server.auth import UserError, VerificationCache
 
 READ_ONLY = {"GET", "HEAD", "OPTIONS"}
 # Routes that are deliberately open to anyone (read-only ones only).
@@ -61,6 +62,45 @@ def test_only_known_public_routes_answer_without_credentials(app, client, servic
 def test_wrong_credentials_are_a_401(client, exporter_auth, credentials):
     response = client.post("/import", json={}, auth=credentials)
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize("name", [
+    "a\x00b", "\x00", "node1\x00", "bell\x07", "line\nbreak", "\x7f", "x" * 256, "x" * 90_000,
+], ids=["nul-inside", "nul-alone", "nul-after-a-real-name", "bell", "newline", "delete",
+        "one-too-long", "90-KB"])
+def test_a_user_name_no_user_can_have_is_a_401_on_every_database(client, exporter_auth, name):
+    response = client.post("/import", json={}, auth=(name, exporter_auth[1]))
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "unauthorized"
+
+
+def test_a_nul_in_the_password_is_a_401(client, exporter_auth):
+    name, password = exporter_auth
+    for wrong in ("\x00", password + "\x00", "\x00" + password, password[:3] + "\x00"):
+        response = client.post("/import", json={}, auth=(name, wrong))
+        assert response.status_code == 401
+
+
+def test_no_password_can_hold_a_nul(services, exporter_auth):
+    # The password hash pads with NULs: "pw" and "pw\0" would otherwise both match.
+    with pytest.raises(UserError, match="NUL"):
+        services.users.add("nulpass", "before\x00after", ["import"])
+    with pytest.raises(UserError, match="NUL"):
+        services.users.set_password("node1", "secret\x00")
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe:secret", b"node1:\xff", b"a\x00b\xc3:x"])
+def test_credentials_that_are_not_utf8_are_a_401(client, exporter_auth, raw):
+    header = "Basic " + base64.b64encode(raw).decode("ascii")
+    response = client.post("/import", json={}, headers={"Authorization": header})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("name, password", [("a\x00b", "x"), ("node1", "\ud800"),
+                                            ("\udcff", "x"), ("x" * 256, "x")])
+def test_authenticate_refuses_unusable_credentials_without_an_error(services, exporter_auth,
+                                                                   name, password):
+    assert services.users.authenticate(name, password) is None
 
 
 def test_the_import_role_is_needed_to_import(client, make_user):
