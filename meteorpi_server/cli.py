@@ -29,7 +29,16 @@ class Context:
         return self._config
 
     def database(self, check_schema: bool = True) -> Database:
-        database = Database(self.config.database_url)
+        try:
+            database = Database(self.config.database_url)
+        except ImportError as error:  # the URL's driver (DBAPI module) is not installed
+            raise ConfigError(f"database_url needs a driver that is not installed "
+                              f"({error.name or error}); install it, or for PostgreSQL "
+                              "use postgresql+psycopg:// (pip install 'meteorpi[postgres]')"
+                              ) from None
+        except OSError as error:  # SQLite: the database file's folder cannot be made
+            raise ConfigError(f"database_url: cannot create the folder for "
+                              f"{error.filename}: {error.strerror}") from None
         if check_schema:
             database.check_schema()
         return database
@@ -56,10 +65,34 @@ class _Group(click.Group):
     """Turns the project's own errors into one clear line and exit status 1."""
 
     def invoke(self, ctx):
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
         try:
             return super().invoke(ctx)
         except (ConfigError, SchemaError, UserError) as error:
             raise click.ClickException(str(error)) from None
+        except (OperationalError, InterfaceError) as error:
+            raise click.ClickException(_unreachable(ctx.find_object(Context), error)) from None
+
+
+def _unreachable(context: Context | None, error: Exception) -> str:
+    """One line: which database failed (never its password), why, and what to check."""
+    from sqlalchemy.engine import make_url
+
+    url = None
+    if context is not None and context._config is not None:
+        url = make_url(context.config.database_url)
+    where = f"the database {url.render_as_string(hide_password=True)}" if url else "the database"
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+    reason = reason[0][:300] if reason else type(error).__name__
+    if getattr(error, "statement", None):  # connected, then a statement failed
+        return f"{where} failed: {reason}"
+    if url is not None and url.get_backend_name() == "sqlite":
+        check = "that its file's folder exists and is writable"
+    else:
+        check = "that the database server is running and reachable from here, the user and password"
+    return (f"could not reach {where}: {reason}. Check {check}, and the database_url "
+            "setting (configuration file or METEORPI_DATABASE_URL).")
 
 
 @click.group(cls=_Group)

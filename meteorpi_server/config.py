@@ -80,6 +80,41 @@ def _str(value: Any) -> str:
     return str(value)
 
 
+def _non_empty_str(value: Any) -> str:
+    text = _str(value)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+_URL_EXAMPLES = "such as sqlite:///var/meteorpi.db or postgresql+psycopg://user@host/dbname"
+
+
+def _database_url(value: Any) -> str:
+    """A URL SQLAlchemy can parse and has a dialect for; checked here so that a typo is
+    a clear configuration error rather than a traceback from the first query."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    text = _str(value).strip()
+    if not text:
+        raise _Unechoed(f"is empty; give an SQLAlchemy database URL {_URL_EXAMPLES}")
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise _Unechoed(f"is not an SQLAlchemy database URL; give one {_URL_EXAMPLES}") from None
+    try:
+        url.get_dialect()
+    except NoSuchModuleError:
+        raise _Unechoed(f"names a kind of database SQLAlchemy does not know "
+                        f"({url.drivername!r}); give a URL {_URL_EXAMPLES}") from None
+    return text
+
+
+class _Unechoed(ValueError):
+    """A bad value whose text is not repeated in the message: it may hold a password."""
+
+
 def _receiver(value: Any) -> str:
     text = _str(value)
     if text.count(":") != 1 or not all(text.split(":")):
@@ -111,9 +146,9 @@ def _choice(*options: str) -> Callable[[Any], str]:
 SETTINGS: tuple[Setting, ...] = (
     Setting("database_url", "sqlite:///var/meteorpi.db",
             "SQLAlchemy URL of the database. SQLite for a single host, PostgreSQL "
-            "(postgresql+psycopg://user@host/db) in production.", _str),
+            "(postgresql+psycopg://user@host/db) in production.", _database_url),
     Setting("file_store", "var/files",
-            "Directory that holds file contents, named by file id.", _str),
+            "Directory that holds file contents, named by file id.", _non_empty_str),
     Setting("receiver", "meteorpi_server.receiver:DatabaseImportReceiver",
             "Import receiver class, as module:Class. Subclass BaseImportReceiver.", _receiver),
     Setting("import_cache_size", 1024,
@@ -246,8 +281,13 @@ class Config:
     log_level: str
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None = None, source: str = "configuration") -> Config:
-        """Defaults overlaid with ``values``; unknown names and bad values raise ConfigError."""
+    def from_mapping(cls, values: Mapping[str, Any] | None = None, source: str = "configuration",
+                     sources: Mapping[str, str] | None = None) -> Config:
+        """Defaults overlaid with ``values``; unknown names and bad values raise ConfigError.
+
+        A bad value's message starts with ``sources[name]`` (where that value came from,
+        such as an environment variable), else ``source``.
+        """
         values = dict(values or {})
         unknown = sorted(set(values) - set(_BY_NAME))
         if unknown:
@@ -260,7 +300,9 @@ class Config:
             try:
                 parsed[setting.name] = setting.parse(raw)
             except ValueError as error:
-                raise ConfigError(f"{source}: {setting.name} {error} (got {raw!r})") from None
+                origin = (sources or {}).get(setting.name, source)
+                got = "" if isinstance(error, _Unechoed) else f" (got {_short_repr(raw)})"
+                raise ConfigError(f"{origin}: {setting.name} {error}{got}") from None
         return cls(**parsed)
 
     def replace(self, **changes: Any) -> Config:
@@ -272,6 +314,11 @@ class Config:
         return Path(self.file_store)
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def load_config(path: str | os.PathLike | None = None,
                 environ: Mapping[str, str] | None = None) -> Config:
     """Read settings from ``path`` (or ``$METEORPI_CONFIG``), then apply environment overrides.
@@ -281,6 +328,7 @@ def load_config(path: str | os.PathLike | None = None,
     environ = os.environ if environ is None else environ
     path = path or environ.get(CONFIG_ENV) or None
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     source = "defaults"
     if path is not None:
         source = str(path)
@@ -298,4 +346,5 @@ def load_config(path: str | os.PathLike | None = None,
         env_name = ENV_PREFIX + setting.name.upper()
         if env_name in environ:
             values[setting.name] = environ[env_name]
-    return Config.from_mapping(values, source=source)
+            sources[setting.name] = f"environment variable {env_name}"
+    return Config.from_mapping(values, source=source, sources=sources)

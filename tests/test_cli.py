@@ -82,6 +82,61 @@ def test_a_bad_configuration_file_is_one_clear_line(tmp_path):
     assert "unknown setting(s) prot" in result.output
 
 
+def run_command(*args, env=None):
+    """The installed command in a subprocess, as an operator runs it from a shell."""
+    import os
+
+    environment = {**os.environ, **(env or {})}
+    environment.pop("METEORPI_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "meteorpi_server", *args], env=environment,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("", "METEORPI_DATABASE_URL: database_url is empty"),
+    ("bogus://x", "METEORPI_DATABASE_URL: database_url names a kind of database"),
+    ("postgresql+psycopg://postgres:hunter2@127.0.0.1:1/nothing",
+     "could not reach the database postgresql+psycopg://postgres:***@127.0.0.1:1/nothing"),
+    ("mysql://someone@127.0.0.1/x", "needs a driver that is not installed"),
+], ids=["empty", "unknown-kind", "unreachable-postgresql", "driver-missing"])
+def test_an_unusable_database_is_one_clear_line_not_a_traceback(tmp_path, url, message):
+    result = run_command("users", "list", env={"METEORPI_DATABASE_URL": url,
+                                               "METEORPI_FILE_STORE": str(tmp_path / "files")})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize("where, message", [
+    ("a-folder", "could not reach the database sqlite:///"),  # a folder is no database file
+    ("a-file/db.sqlite", "database_url: cannot create the folder for"),
+])
+def test_a_sqlite_file_that_cannot_be_opened_says_what_to_check(tmp_path, where, message):
+    tmp_path.joinpath("a-folder").mkdir()
+    tmp_path.joinpath("a-file").write_text("not a folder")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"database_url": f"sqlite:///{tmp_path}/{where}"}))
+    result = CliRunner().invoke(main, ["--config", str(path), "users", "list"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.startswith(f"Error: {message}")
+
+
+def test_an_unreachable_database_mid_command_is_one_line(config_file, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from meteorpi_server.auth import Users
+
+    def refuse(self):
+        raise OperationalError(None, None, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(Users, "list", refuse)
+    result = CliRunner().invoke(main, ["--config", str(config_file), "users", "list"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.startswith("Error: could not reach the database ")
+    assert "server closed the connection unexpectedly" in result.output
+
+
 def test_the_first_user_is_created_only_once(services):
     password = ensure_first_user(services.users)
     assert password and len(password) >= 20

@@ -50,6 +50,44 @@ def test_a_bad_file_says_what_is_wrong(tmp_path, content, message):
         load_config(path, environ={})
 
 
+@pytest.mark.parametrize("value, message", [
+    ("", "database_url is empty"),
+    ("   ", "database_url is empty"),
+    ("not a url", "database_url is not an SQLAlchemy database URL"),
+    ("postgresql://user:hunter2@host:notaport/db", "database_url is not an SQLAlchemy database URL"),
+    ("bogus://x", "database_url names a kind of database SQLAlchemy does not know ('bogus')"),
+])
+def test_an_unusable_database_url_names_the_setting_and_where_it_came_from(tmp_path, value, message):
+    with pytest.raises(ConfigError) as from_env:
+        load_config(environ={"METEORPI_DATABASE_URL": value})
+    assert str(from_env.value).startswith(f"environment variable METEORPI_DATABASE_URL: {message}")
+    path = tmp_path / "server.yaml"
+    path.write_text(f"database_url: '{value}'\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_config(path, environ={})
+    assert str(from_file.value).startswith(f"{path}: {message}")
+    assert "hunter2" not in str(from_env.value) + str(from_file.value)
+
+
+def test_a_value_from_the_environment_is_blamed_on_its_variable_not_the_file(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text("port: 9000\n")
+    with pytest.raises(ConfigError, match="^environment variable METEORPI_PORT: port must be"):
+        load_config(path, environ={"METEORPI_PORT": "eighty"})
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_file_store_is_refused(value):
+    with pytest.raises(ConfigError, match="METEORPI_FILE_STORE: file_store must not be empty"):
+        load_config(environ={"METEORPI_FILE_STORE": value})
+
+
+def test_a_long_bad_value_is_not_echoed_in_full():
+    with pytest.raises(ConfigError) as error:
+        load_config(environ={"METEORPI_PORT": "9" * 50_000 + "x"})
+    assert len(str(error.value)) < 300
+
+
 def test_a_missing_file_says_so(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml", environ={})
