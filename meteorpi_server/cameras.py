@@ -21,6 +21,8 @@ from .store import status_from_row
 
 #: Largest metadata document a camera may carry, as compact JSON.
 MAX_META_BYTES = 64 * 1024
+#: Deepest nesting of objects and lists in a camera's metadata (the document itself is 1).
+MAX_META_DEPTH = 32
 
 
 class CameraMetaError(ValueError):
@@ -136,11 +138,34 @@ def get_camera(session: Session, camera_id: str, now_ms: int,
         status_at(session, camera_id, now_ms), status_history(session, camera_id))
 
 
+def _depth(value: Any) -> int:
+    """How deeply objects and lists nest in ``value`` (a scalar is 0), without recursing."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = (item.values() if isinstance(item, dict)
+                    else item if isinstance(item, list) else None)
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_META_DEPTH:
+            break  # deep enough to refuse; no need to walk the rest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def check_meta(meta: Any) -> dict:
-    """``meta`` if it is a JSON object within :data:`MAX_META_BYTES`; else CameraMetaError."""
+    """``meta`` if it is a JSON object within :data:`MAX_META_BYTES` and
+    :data:`MAX_META_DEPTH`; else CameraMetaError."""
     if not isinstance(meta, dict):
         raise CameraMetaError("camera metadata must be a JSON object, such as "
                               '{"contact": "someone@example.org"}')
+    # Checked first: writing out (and later reading back) a document nested hundreds
+    # deep runs out of stack, and no camera's description needs more than a few levels.
+    if _depth(meta) > MAX_META_DEPTH:
+        raise CameraMetaError(f"camera metadata nests objects and lists more than "
+                              f"{MAX_META_DEPTH} deep")
     size = len(json.dumps(meta, separators=(",", ":")).encode())
     if size > MAX_META_BYTES:
         raise CameraMetaError(f"camera metadata is {size} bytes as JSON; the limit is "

@@ -9,7 +9,7 @@ import factories
 from local_records import store_locally
 from meteorpi_server import store
 from meteorpi_server.api import cameras as cameras_api
-from meteorpi_server.cameras import MAX_META_BYTES
+from meteorpi_server.cameras import MAX_META_BYTES, MAX_META_DEPTH
 from protocol import ProtocolClient
 
 HOUR = 3_600_000
@@ -164,6 +164,51 @@ def test_bad_metadata_is_refused_and_nothing_changes(client, admin, reader, stor
     assert response.status_code == status
     assert "message" in response.get_json()
     assert camera_list(client, reader)["cam"]["meta"] == {}
+
+
+def nested(depth: int) -> dict:
+    """A metadata document whose objects nest ``depth`` deep (the document is level 1)."""
+    meta: dict = {"name": "innermost"}
+    for _ in range(depth - 1):
+        meta = {"inside": meta}
+    return meta
+
+
+@pytest.mark.parametrize("depth", [MAX_META_DEPTH + 1, 200])
+def test_metadata_nested_too_deep_is_a_400_naming_it(client, admin, reader, stored, depth):
+    stored(factories.status("cam"))
+    response = client.put("/cameras/cam/meta", json=nested(depth), auth=admin)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["field"] == "meta"
+    assert f"more than {MAX_META_DEPTH} deep" in response.get_json()["message"]
+    assert camera_list(client, reader)["cam"]["meta"] == {}
+
+
+def test_metadata_nested_about_as_deep_as_the_stack_goes_is_a_400(client, admin, reader, stored):
+    # Somewhere in this range a document parses but runs out of stack when written out
+    # (where exactly depends on how deep the server's stack already is); beyond it the
+    # parser itself gives up. Every depth must be a 400, and nothing stored.
+    stored(factories.status("cam"))
+    for depth in [*range(800, 1001, 10), 5000]:
+        body = '{"inside": ' * (depth - 1) + '{"name": "innermost"}' + "}" * (depth - 1)
+        response = client.put("/cameras/cam/meta", data=body, content_type="application/json",
+                              auth=admin)
+        assert response.status_code == 400, (depth, response.get_data(as_text=True))
+    assert camera_list(client, reader)["cam"]["meta"] == {}
+
+
+@pytest.mark.parametrize("path", ["/cameras/a%00b", "/cameras/a%00b/status",
+                                  "/cameras/a%00b/status/1000", "/cameras/" + "c" * 256])
+def test_a_camera_id_no_camera_could_have_is_a_400(client, reader, path):
+    response = client.get(path, auth=reader)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["field"] == "camera_id"
+
+
+def test_metadata_for_a_camera_id_no_camera_could_have_is_a_400(client, admin):
+    response = client.put("/cameras/a%00b/meta", json={"a": 1}, auth=admin)
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "camera_id"
 
 
 def test_metadata_for_a_camera_never_heard_from_is_a_404(client, admin):

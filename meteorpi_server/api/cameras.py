@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from meteorpi_model import ValidationError
 from meteorpi_model.limits import MAX_TIME_MS
+from meteorpi_model.search import check_camera_id
 
 from .. import cameras
 from ..store import now_ms
@@ -17,6 +19,16 @@ blueprint = Blueprint("cameras", __name__)
 
 def _services():
     return current_app.extensions["meteorpi"]
+
+
+def _checked(camera_id: str) -> str:
+    """The camera id from the URL, if it is one a camera could have (the rule searches
+    use); a NUL, say, is a 400 here rather than an error from the database."""
+    try:
+        return check_camera_id(camera_id)
+    except ValidationError as error:
+        raise ApiError(400, f"the camera id in the URL {error.message}", "bad_url",
+                       field="camera_id") from None
 
 
 def _unknown_camera(camera_id: str) -> ApiError:
@@ -51,19 +63,20 @@ def _camera_reply(camera_id: str):
 @requires_read_access()
 def get_camera(camera_id: str):
     """``{"camera": {...}}`` with the camera's status history under ``statuses``."""
-    return _camera_reply(camera_id)
+    return _camera_reply(_checked(camera_id))
 
 
 @blueprint.put("/cameras/<camera_id>/meta")
 @requires_role("camera_admin")
 def set_camera_meta(camera_id: str):
     """Replace the camera's free-form JSON metadata; answers as GET /cameras/<camera_id>."""
+    camera_id = _checked(camera_id)
     meta = read_json(request, _services().config.max_json_bytes)
     try:
         with _services().database.write() as session:
             found = cameras.set_meta(session, camera_id, meta)
     except cameras.CameraMetaError as error:
-        raise ApiError(400, str(error), "bad_meta") from None
+        raise ApiError(400, str(error), "bad_meta", field="meta") from None
     if not found:
         raise _unknown_camera(camera_id)
     return _camera_reply(camera_id)
@@ -81,13 +94,14 @@ def _status_reply(camera_id: str, time_ms: int, when: str):
 @requires_read_access()
 def current_status(camera_id: str):
     """The original API: ``{"status": {...}}``, the status in force now."""
-    return _status_reply(camera_id, now_ms(), "now")
+    return _status_reply(_checked(camera_id), now_ms(), "now")
 
 
 @blueprint.get("/cameras/<camera_id>/status/<time_ms>")
 @requires_read_access()
 def status_at_time(camera_id: str, time_ms: str):
     """The original API: ``{"status": {...}}``, the status in force at ``time_ms``."""
+    camera_id = _checked(camera_id)
     if not (time_ms.isascii() and time_ms.isdigit() and len(time_ms) <= 16
             and int(time_ms) <= MAX_TIME_MS):
         raise ApiError(400, f"the time in the URL must be milliseconds since 1970, "
