@@ -24,6 +24,14 @@ ENTITY_CLASSES: dict[str, type] = {"event": Event, "file": FileRecord, "status":
 ID_FIELDS = {"event": "event_id", "file": "file_id", "status": "status_id"}
 
 
+def _preview(value: Any, limit: int = 40) -> str:
+    """A short description of a bad value: replies must not echo a request's bulk."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class ProtocolError(ValueError):
     """A request that does not follow the protocol; answered with 400 and ``message``."""
 
@@ -116,8 +124,8 @@ class ImportRequest:
         # A list or object here is unhashable: test the type before the dict lookup.
         if not isinstance(request_type, str) or request_type not in ENTITY_CLASSES:
             raise ProtocolError(
-                f"type must be one of event, file, status, cached_entity (got {request_type!r})",
-                field="type")
+                f"type must be one of event, file, status, cached_entity "
+                f"(got {_preview(request_type)})", field="type")
         if request_type not in document:
             raise ProtocolError(f"a '{request_type}' request needs a '{request_type}' object",
                                 field=request_type)

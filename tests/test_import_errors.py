@@ -56,6 +56,18 @@ def test_a_malformed_request_is_a_400_that_says_why(client, exporter_auth, servi
     assert nothing_written(services)
 
 
+@pytest.mark.parametrize("bad_type", ["m" * 90_000, ["event"] * 20_000, {"k" * 50_000: 1}],
+                         ids=["90-KB-string", "long-list", "big-object"])
+def test_a_huge_bad_type_is_not_echoed_back(client, exporter_auth, services, bad_type):
+    response = client.post("/import", json={"type": bad_type}, auth=exporter_auth)
+    assert response.status_code == 400
+    reply = response.get_json()
+    assert reply["field"] == "type"
+    assert len(response.data) < 1000
+    assert "type must be one of event, file, status, cached_entity" in reply["message"]
+    assert nothing_written(services)
+
+
 @pytest.mark.parametrize("document, field", [
     (bad_event(event_id="not-an-id"), "event.event_id"),
     (bad_event(event_time="yesterday"), "event.event_time"),
