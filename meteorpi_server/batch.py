@@ -110,6 +110,7 @@ class BatchImporter:
         self.receiver = receiver
         self.uploads = uploads
         self.files = files
+        self.blobs = receiver.blobs
         self.max_entities = max_entities
         self.upload_attempts = upload_attempts
         self.attempts_window_ms = upload_attempts_window_seconds * 1000
@@ -217,14 +218,10 @@ class BatchImporter:
 
     def _commit_bundle(self, group: FileGroup, user: str) -> None:
         """Move the bundle's verified files into place and record them, all but those whose
-        bytes are held already (one query for the bundle, not one per file): bytes a
-        stored record relies on are never replaced."""
-        with self.database.read() as session:
-            held = store.file_data_held(session, group.written())
-        stored = group.commit(exclude=held)
+        bytes are held already (looked up for the whole bundle at once): bytes a stored
+        record relies on are never replaced."""
+        stored = self.blobs.commit_group(group)
         if stored:
-            with self.database.write() as session:
-                store.record_blobs(session, [(f.file_id, f.md5, f.size) for f in stored])
             log.info("stored %d files (%d bytes) from a bundle from %s", len(stored),
                      sum(f.size for f in stored), user)
 

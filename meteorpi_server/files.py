@@ -10,6 +10,7 @@ grow there too, one file per (file id, md5), until they are complete.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import logging
@@ -25,6 +26,7 @@ from meteorpi_model import MD5Stream
 
 CHUNK_SIZE = 1 << 20
 UPLOADS_DIR = ".uploads"
+LOCKS_DIR = ".locks"
 
 log = logging.getLogger("meteorpi.files")
 
@@ -70,6 +72,26 @@ class StoredFile:
     size: int
 
 
+@dataclass
+class PendingFile:
+    """Verified bytes under ``.uploads/``, not yet at their final path.
+
+    Its descriptor holds an exclusive lock, so the stale-upload sweep leaves it alone
+    however long the caller takes; :meth:`FileStore.install` or :meth:`discard` ends it.
+    """
+
+    stored: StoredFile
+    path: Path
+    descriptor: int | None
+
+    def discard(self) -> None:
+        """Remove the bytes unless they were installed; safe to call more than once."""
+        if self.descriptor is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.descriptor)
+            self.descriptor = None
+
+
 def _fsync_directory(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -112,16 +134,44 @@ class FileStore:
     def adopt(self, file_id: uuid.UUID, path: Path) -> None:
         """Move a complete, verified file from ``.uploads/`` to its final path, durably."""
         final = self.path_for(file_id)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        new_shard = self._make_shard(final.parent)
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(path, final)
-        self.sync_directories([final.parent])
+        self.sync_directories([final.parent], new_shard)
 
-    def sync_directories(self, directories) -> None:
+    def _make_shard(self, shard: Path) -> bool:
+        """Create ``shard`` if need be; True if it is new (the root must then be synced
+        too, or a crash could lose the directory and every file renamed into it)."""
+        if shard.is_dir():
+            return False
+        shard.mkdir(parents=True, exist_ok=True)
+        return True
+
+    def sync_directories(self, directories, new_shard: bool = False) -> None:
         """Make renames into ``directories`` (and out of ``.uploads/``) survive a crash."""
-        for directory in set(directories) | {self.uploads}:
+        extra = {self.uploads, self.root} if new_shard else {self.uploads}
+        for directory in set(directories) | extra:
             _fsync_directory(directory)
+
+    @contextlib.contextmanager
+    def locked(self, file_ids: Collection[uuid.UUID]) -> Iterator[None]:
+        """Hold the placement lock of ``file_ids``, across threads and processes.
+
+        Whoever puts bytes at a final path or removes them holds this, so the check of
+        what is stored, the rename and the index row it goes with happen as one step. The
+        locks are striped by a file's shard (256 lock files), taken in order so two
+        holders never wait for each other.
+        """
+        stripes = sorted({file_id.hex[:2] for file_id in file_ids})
+        directory = self.root / LOCKS_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            for stripe in stripes:
+                descriptor = os.open(directory / stripe, os.O_RDWR | os.O_CREAT, 0o644)
+                stack.callback(os.close, descriptor)
+                fcntl.flock(descriptor, fcntl.LOCK_EX)  # released when closed
+            yield
 
     def exists(self, file_id: uuid.UUID) -> bool:
         return self.path_for(file_id).is_file()
@@ -133,35 +183,56 @@ class FileStore:
     def open(self, file_id: uuid.UUID) -> BinaryIO:
         return open(self.path_for(file_id), "rb")
 
-    def write(self, file_id: uuid.UUID, source: BinaryIO, expected_md5: str,
-              max_bytes: int | None = None) -> StoredFile:
-        """Stream ``source`` to disk and make it visible only if its md5 is ``expected_md5``.
+    def receive(self, file_id: uuid.UUID, source: BinaryIO, expected_md5: str,
+                max_bytes: int | None = None) -> PendingFile:
+        """Stream ``source`` under ``.uploads/`` and check that its md5 is ``expected_md5``.
 
         ``source`` is read in 1 MiB pieces until it returns b"". Raises Md5Mismatch or
-        TooLarge (the bytes are discarded) or whatever reading ``source`` raises.
+        TooLarge (the bytes are discarded) or whatever reading ``source`` raises. The
+        bytes reach their final path only through :meth:`install`.
         """
         self.uploads.mkdir(parents=True, exist_ok=True)
         temporary = self._temporary_path(file_id)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        pending = PendingFile(StoredFile(file_id, expected_md5, 0), temporary, descriptor)
         try:
-            with open(temporary, "xb") as out:
-                # Held until the file is in place: remove_stale_uploads skips locked files,
-                # so a slow sender's upload is never deleted from under it.
-                fcntl.flock(out.fileno(), fcntl.LOCK_EX)
-                stored = _receive(file_id, source, expected_md5, max_bytes, out)
-                out.flush()  # adopt fsyncs before the rename
-                self.adopt(file_id, temporary)
+            # Held until the file is installed or discarded: remove_stale_uploads skips
+            # locked files, so a slow sender's upload is never deleted from under it.
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(descriptor), "wb") as out:
+                pending.stored = _receive(file_id, source, expected_md5, max_bytes, out)
         except BaseException:
-            temporary.unlink(missing_ok=True)
+            pending.discard()
             raise
-        return stored
+        return pending
+
+    def install(self, pending: PendingFile) -> None:
+        """Put received bytes at their final path, durably (see :meth:`adopt`)."""
+        try:
+            self.adopt(pending.stored.file_id, pending.path)
+        finally:
+            pending.discard()
+
+    def write(self, file_id: uuid.UUID, source: BinaryIO, expected_md5: str,
+              max_bytes: int | None = None) -> StoredFile:
+        """:meth:`receive` and :meth:`install` at once, for a caller that holds no index
+        of the store (the index's own writers go through ``blobs.Blobs``)."""
+        pending = self.receive(file_id, source, expected_md5, max_bytes)
+        self.install(pending)
+        return pending.stored
 
     def _temporary_path(self, file_id: uuid.UUID) -> Path:
         """A new name under ``.uploads/`` for bytes of ``file_id`` being received."""
         return self.uploads / f"{file_id.hex}.{secrets.token_hex(4)}.part"
 
-    def remove(self, file_id: uuid.UUID) -> bool:
+    def remove(self, file_id: uuid.UUID, unless_newer_than: float | None = None) -> bool:
+        """Delete a file at its final path (only if last changed before the time.time()
+        ``unless_newer_than``, when given); True if one was deleted."""
+        path = self.path_for(file_id)
         try:
-            self.path_for(file_id).unlink()
+            if unless_newer_than is not None and path.stat().st_mtime >= unless_newer_than:
+                return False
+            path.unlink()
         except FileNotFoundError:
             return False
         return True
@@ -202,6 +273,11 @@ class FileStore:
                     try:
                         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
+                        continue
+                    # Between the look and the lock, a chunk may have been appended (and
+                    # acknowledged), or the name may now be another file: look again.
+                    mine = os.fstat(handle.fileno())
+                    if mine.st_mtime >= cutoff or os.stat(entry.path).st_ino != mine.st_ino:
                         continue
                     os.unlink(entry.path)
                     removed += 1
@@ -264,15 +340,15 @@ class FileGroup:
             for _, temporary in written:
                 with open(temporary, "rb") as handle:
                     os.fsync(handle.fileno())
-        directories = set()
+        directories, new_shard = set(), False
         for stored, temporary in written:
             final = self.store.path_for(stored.file_id)
             if final.parent not in directories:
-                final.parent.mkdir(parents=True, exist_ok=True)
+                new_shard = self.store._make_shard(final.parent) or new_shard
                 directories.add(final.parent)
             os.replace(temporary, final)
         if _SYNCFS is None or not self._syncfs():
-            self.store.sync_directories(directories)
+            self.store.sync_directories(directories, new_shard)
         return [stored for stored, _ in written]
 
     def _syncfs(self) -> bool:

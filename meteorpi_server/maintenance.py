@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from . import store
+from .blobs import Blobs
 from .db import Database
 from .files import FileStore
 
@@ -33,20 +34,10 @@ def sweep_orphan_data(database: Database, files: FileStore, older_than_seconds: 
     files no row names, which is what ``scan_disk`` clears. The disk scan reads the whole
     store, so the server leaves it to ``meteorpi files gc``.
     """
-    cutoff_ms = store.now_ms() - older_than_seconds * 1000
-    with database.write() as session:
-        orphans = store.sweep_orphan_blobs(session, cutoff_ms)
-    removed = sum(files.remove(file_id) for file_id in orphans)
+    blobs = Blobs(database, files)
+    removed = blobs.remove_orphans(store.now_ms() - older_than_seconds * 1000)
     partial = files.remove_stale_uploads(upload_expiry_seconds)
-    unindexed = 0
-    if scan_disk:
-        cutoff = time.time() - older_than_seconds
-        old = [file_id for file_id, mtime in files.iter_file_ids() if mtime < cutoff]
-        for start in range(0, len(old), 500):
-            batch = old[start:start + 500]
-            with database.read() as session:
-                known = store.known_blob_ids(session, batch)
-            unindexed += sum(files.remove(file_id) for file_id in batch if file_id not in known)
+    unindexed = blobs.remove_unindexed(time.time() - older_than_seconds) if scan_disk else 0
     result = SweepResult(removed, unindexed, partial)
     if result.total:
         log.info("removed %d orphaned, %d unindexed and %d partial files",

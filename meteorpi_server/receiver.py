@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import store
+from .blobs import Blobs
 from .config import Config
 from .db import Database
 from .files import FileStore, Md5Mismatch
@@ -115,6 +116,7 @@ class DatabaseImportReceiver(BaseImportReceiver):
         self.database = context.database
         self.files = context.files
         self.config = context.config
+        self.blobs = Blobs(context.database, context.files)
 
     # Entities --------------------------------------------------------------------
 
@@ -221,20 +223,17 @@ class DatabaseImportReceiver(BaseImportReceiver):
     # File data -------------------------------------------------------------------
 
     def receive_file_data(self, file_id: uuid.UUID, md5: str, content: BinaryIO, user: str) -> None:
-        with self.database.read() as session:
-            # Bytes a stored record relies on are never replaced.
-            if store.file_data_held(session, {file_id: md5}):
-                return
+        if self.has_file_data(file_id, md5):
+            return  # not needed; Blobs.write would find that out again, after the upload
         try:
-            stored = self.files.write(file_id, content, md5, self.config.max_upload_bytes)
+            stored = self.blobs.write(file_id, content, md5, self.config.max_upload_bytes)
         except Md5Mismatch as mismatch:
             log.warning("upload from %s discarded: %s", user, mismatch)
             with self.database.write() as session:
                 store.note_upload_failure(session, file_id, md5, self._attempts_window_start())
             return
-        with self.database.write() as session:
-            store.record_blob(session, file_id, stored.md5, stored.size)
-        log.info("stored %d bytes for file %s from %s", stored.size, file_id.hex, user)
+        if stored is not None:
+            log.info("stored %d bytes for file %s from %s", stored.size, file_id.hex, user)
 
     def _attempts_window_start(self) -> int:
         """Failed uploads before this time (ms) no longer count towards upload_attempts."""
@@ -245,13 +244,9 @@ class DatabaseImportReceiver(BaseImportReceiver):
             return bool(store.file_data_held(session, {file_id: md5}))
 
     def receive_complete_upload(self, file_id: uuid.UUID, md5: str, path: Path, user: str) -> None:
-        if self.has_file_data(file_id, md5):
-            return
         size = path.stat().st_size
-        self.files.adopt(file_id, path)
-        with self.database.write() as session:
-            store.record_blob(session, file_id, md5, size)
-        log.info("stored %d bytes for file %s from %s (resumable)", size, file_id.hex, user)
+        if self.blobs.adopt(file_id, md5, path, size):
+            log.info("stored %d bytes for file %s from %s (resumable)", size, file_id.hex, user)
 
     def announce_stored_files(self, records) -> None:
         """Call :meth:`file_stored` for each newly stored record, shielding the caller

@@ -21,7 +21,8 @@ from meteorpi_model import CameraStatus, Event, FileRecord, md5_file
 
 from . import store
 from .db import Database
-from .files import FileStore, Md5Mismatch
+from .blobs import Blobs
+from .files import FileStore, Md5Mismatch, StoredFile
 from .orm import CameraStatusRow
 
 
@@ -35,6 +36,7 @@ class Recorder:
     def __init__(self, database: Database, files: FileStore):
         self.database = database
         self.files = files
+        self.blobs = Blobs(database, files)
 
     def record_status(self, status: CameraStatus) -> None:
         """Store a camera status (raises RecordingError if that status id is taken).
@@ -63,7 +65,6 @@ class Recorder:
             if store.has_file_record(session, record.file_id):
                 raise RecordingError(f"file {record.file_id.hex} is already recorded")
             self._check_status(session, record.status_id)
-            self._note_blob(session, record)
             _expect_stored(store.insert_file_record(session, record, store.LOCAL))
         return record
 
@@ -81,8 +82,6 @@ class Recorder:
                 raise RecordingError(f"event {event.event_id.hex} is already recorded")
             for status_id in {event.status_id, *(record.status_id for record in files)}:
                 self._check_status(session, status_id)
-            for record in files:
-                self._note_blob(session, record)
             _expect_stored(store.insert_event(session, event, store.LOCAL))
         return event
 
@@ -93,16 +92,15 @@ class Recorder:
         md5 = record.md5 or md5_file(path)
         try:
             with open(path, "rb") as source:
-                stored = self.files.write(record.file_id, source, md5)
+                stored = self.blobs.write(record.file_id, source, md5)
         except Md5Mismatch as error:
             raise RecordingError(f"{path}: {error}") from None
+        if stored is None:  # these very bytes are held already (an earlier attempt)
+            stored = StoredFile(record.file_id, md5, path.stat().st_size)
         if record.file_size not in (0, stored.size):
             raise RecordingError(f"file {record.file_id.hex} says it has {record.file_size} "
                                  f"bytes, but {path} has {stored.size}")
         return dataclasses.replace(record, md5=stored.md5, file_size=stored.size)
-
-    def _note_blob(self, session: Session, record: FileRecord) -> None:
-        store.record_blob(session, record.file_id, record.md5, record.file_size)
 
     def _check_status(self, session: Session, status_id: uuid.UUID) -> None:
         if not store.has_status(session, status_id):
@@ -111,7 +109,7 @@ class Recorder:
 
 
 def _expect_stored(missing: list[uuid.UUID]) -> None:
-    # The blobs were noted in this very transaction, so nothing can be missing.
+    # The bytes were stored a moment ago, and the orphan sweep leaves them for a day.
     if missing:
         raise RecordingError(f"bytes of {', '.join(file_id.hex for file_id in missing)} "
                              "vanished while recording")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -94,24 +94,56 @@ def missing_statuses(session: Session, status_ids: Iterable[uuid.UUID]) -> list[
 
 # Blobs: verified bytes in the file store -------------------------------------------
 
-def _blob_matches(record: FileRecord, blob_md5: str | None) -> bool:
-    return blob_md5 is not None and (record.md5 is None or record.md5 == blob_md5)
+def _blob_matches(record: FileRecord, blob: tuple[str, int] | None) -> bool:
+    if blob is None:
+        return False
+    md5, size = blob
+    if record.md5 is not None:
+        return record.md5 == md5
+    # Without an md5 the size is all a record says of its bytes (0: not known yet).
+    return record.file_size in (0, size)
 
 
 def blob_md5s(session: Session, file_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
     """The md5 of the verified bytes held for each of ``file_ids`` that has any."""
+    return {file_id: md5 for file_id, (md5, _) in _blobs(session, file_ids).items()}
+
+
+def _blobs(session: Session, file_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
     file_ids = list(file_ids)
     if not file_ids:
         return {}
-    return dict(session.execute(select(StoredBlobRow.file_id, StoredBlobRow.md5)
-                                .where(StoredBlobRow.file_id.in_(file_ids))).all())
+    rows = session.execute(select(StoredBlobRow.file_id, StoredBlobRow.md5, StoredBlobRow.size)
+                           .where(StoredBlobRow.file_id.in_(file_ids)))
+    return {file_id: (md5, size) for file_id, md5, size in rows}
 
 
 def files_missing_data(session: Session, records: Sequence[FileRecord]) -> list[uuid.UUID]:
     """Ids of the records whose verified bytes are not (or not with that md5) in the store."""
-    stored = blob_md5s(session, [record.file_id for record in records])
+    stored = _blobs(session, [record.file_id for record in records])
     return [record.file_id for record in records
             if not _blob_matches(record, stored.get(record.file_id))]
+
+
+def release_blobs(session: Session, files: Mapping[uuid.UUID, str]) -> set[uuid.UUID]:
+    """Prepare to put new bytes (id: md5) at their final paths; return the ids to skip.
+
+    Skipped are the ids :func:`file_data_held` names (a stored record relies on their
+    bytes, or the same bytes are held). The blob rows of the others are deleted, so no
+    record can claim the bytes about to be replaced. The rows are locked first, in id
+    order: a record being stored holds them (:func:`claim_blobs`) until it commits, and
+    is then seen here.
+    """
+    ids = sorted(files)
+    if not ids:
+        return set()
+    session.execute(select(StoredBlobRow.file_id).where(StoredBlobRow.file_id.in_(ids))
+                    .order_by(StoredBlobRow.file_id).with_for_update())
+    keep = file_data_held(session, files)
+    replace = [file_id for file_id in ids if file_id not in keep]
+    if replace:
+        session.execute(delete(StoredBlobRow).where(StoredBlobRow.file_id.in_(replace)))
+    return keep
 
 
 def blob_md5(session: Session, file_id: uuid.UUID) -> str | None:
@@ -144,22 +176,39 @@ def claim_blobs(session: Session, records: Sequence[FileRecord]) -> list[uuid.UU
     """
     if not records:
         return []
-    ids = [record.file_id for record in records]
+    ids = sorted({record.file_id for record in records})
+    # Locked in id order, as release_blobs locks them, so the two never deadlock.
+    session.execute(select(StoredBlobRow.file_id).where(StoredBlobRow.file_id.in_(ids))
+                    .order_by(StoredBlobRow.file_id).with_for_update())
     session.execute(update(StoredBlobRow).where(StoredBlobRow.file_id.in_(ids))
                     .values(touched_at=now_ms()))
     return files_missing_data(session, records)
 
 
-def sweep_orphan_blobs(session: Session, older_than_ms: int) -> list[uuid.UUID]:
-    """Delete blob rows no file record uses, untouched since ``older_than_ms``; return their ids.
+def orphan_blob_ids(session: Session, older_than_ms: int) -> list[uuid.UUID]:
+    """Blobs no file record uses, untouched since ``older_than_ms``: candidates for
+    :func:`delete_orphan_blobs`, which checks again under the placement lock."""
+    return list(session.scalars(select(StoredBlobRow.file_id).where(
+        StoredBlobRow.touched_at < older_than_ms, _unclaimed())))
+
+
+def delete_orphan_blobs(session: Session, file_ids: Collection[uuid.UUID],
+                        older_than_ms: int) -> list[uuid.UUID]:
+    """Delete the rows of those of ``file_ids`` that are still orphans; return their ids.
 
     The caller removes the files from the store after committing.
     """
-    orphan = ~exists().where(FileRecordRow.file_id == StoredBlobRow.file_id)
+    if not file_ids:
+        return []
     statement = (delete(StoredBlobRow)
-                 .where(StoredBlobRow.touched_at < older_than_ms, orphan)
+                 .where(StoredBlobRow.file_id.in_(list(file_ids)),
+                        StoredBlobRow.touched_at < older_than_ms, _unclaimed())
                  .returning(StoredBlobRow.file_id))
     return list(session.scalars(statement))
+
+
+def _unclaimed():
+    return ~exists().where(FileRecordRow.file_id == StoredBlobRow.file_id)
 
 
 def known_blob_ids(session: Session, file_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:

@@ -139,3 +139,26 @@ def test_a_group_shows_its_files_only_once_committed(files, monkeypatch, syncfs)
     assert files.path_for(second).read_bytes() == b"small"
     assert not files.exists(wrong)
     assert sorted(leftovers(files)) == sorted([first.hex, second.hex])
+
+
+def test_an_upload_appended_to_between_the_sweeps_look_and_its_lock_is_kept(files, monkeypatch):
+    import os
+
+    from meteorpi_server import files as files_module
+
+    files.uploads.mkdir(parents=True)
+    partial = files.uploads / "partial"
+    partial.write_bytes(b"acknowledged chunk")
+    os.utime(partial, (0, 0))
+    real_scandir = os.scandir
+
+    def look_then_append(path):
+        for entry in real_scandir(path):
+            entry.stat()  # the sweep's look: idle for ever (a DirEntry keeps what it saw)
+            with open(entry.path, "ab") as upload:  # then a chunk lands and is acknowledged
+                upload.write(b" and the next one")
+            yield entry
+
+    monkeypatch.setattr(files_module.os, "scandir", look_then_append)
+    assert files.remove_stale_uploads(older_than_seconds=3600) == 0
+    assert partial.read_bytes() == b"acknowledged chunk and the next one"
