@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
-WORKERS ?= 2
+# make run HOST=... PORT=... WORKERS=...: those given on the make command line override the
+# configuration; otherwise the host, port and workers settings apply (config file,
+# METEORPI_HOST/PORT/WORKERS, else 127.0.0.1:8000 with 2 workers). Only the command line
+# counts, so a HOST or PORT that the shell or a platform exports does not leak in.
+_given = $(if $(filter command line,$(origin $(1))),$(2) $($(1)))
+SERVE_ARGS := $(strip $(call _given,HOST,--host) $(call _given,PORT,--port) $(call _given,WORKERS,--workers))
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow" -x'
 PYTEST_ARGS ?=
 # make demo: where its runs go, its two servers' ports, and how much data it makes.
@@ -26,7 +29,7 @@ install: $(BIN)/.installed
 
 run: install
 	$(BIN)/meteorpi db upgrade
-	$(BIN)/meteorpi serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	$(BIN)/meteorpi serve $(SERVE_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
