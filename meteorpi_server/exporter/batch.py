@@ -27,6 +27,9 @@ from .resumable import Progress, ResumableUploader, UploadFailed, UploadRefused
 log = logging.getLogger("meteorpi.exporter")
 
 DEFAULT_CONCURRENCY = 4
+#: The state of an entity the target refused as invalid in a protocol v2 reply (the legacy
+#: handshake's 4xx for one entity is a ``rejected`` with its HTTP status).
+INVALID = "invalid"
 # Files up to this size travel in bundles; larger ones by resumable upload, where a cut
 # connection costs at most a chunk. A bundle is built in memory, so memory stays bounded
 # by BUNDLE_BYTES per upload thread whatever the files' sizes.
@@ -119,22 +122,34 @@ class BatchSender:
             session.close()
 
     def send(self, entities: list[Event | FileRecord], progress: Progress | None = None,
-             stats: BatchStats | None = None) -> dict[uuid.UUID, ExportResult]:
+             stats: BatchStats | None = None,
+             stop: threading.Event | None = None) -> dict[uuid.UUID, ExportResult]:
         """Send ``entities`` (any number: split to the target's batch limit) and return a
         result for each, keyed by entity id.
 
         ``progress`` gets the file bytes confirmed, one call at a time, although uploads
         run in several threads.
+
+        Once ``stop`` is set no further upload or bundle starts (those under way finish);
+        the entities whose files all made it are still sent in the records request, so
+        what the target confirms is not lost. Entities left unsent have no result: they
+        were not tried, and the next plan finds whatever of them the target holds.
         """
         stats = stats if stats is not None else BatchStats()
         progress = _serialised(progress)
+        stop = stop if stop is not None else threading.Event()
         results: dict[uuid.UUID, ExportResult] = {}
         plannable = [entity for entity in entities if _plannable(entity)]
         for start in range(0, len(plannable), self.max_entities):
+            if stop.is_set():
+                return results
             results.update(self._send_batch(plannable[start:start + self.max_entities],
-                                            progress, stats))
+                                            progress, stats, stop))
+        planned = {entity.id for entity in plannable}
         for entity in entities:  # files without a recorded md5 cannot be planned
-            if entity.id not in results:
+            if entity.id not in planned:
+                if stop.is_set():
+                    break
                 results[entity.id] = self._fallback(entity, progress, stats)
         return results
 
@@ -144,32 +159,45 @@ class BatchSender:
         if response.status_code != 200:
             raise TargetError(f"batch {operation} answered {response.status_code}: {response.text[:300]}")
         try:
-            return response.json()
+            reply = response.json()
         except ValueError:
             raise TargetError(f"batch {operation} answered something that is not JSON") from None
+        if not isinstance(reply, dict):
+            raise _outside(f"batch {operation} answered {type(reply).__name__}, not an object")
+        return reply
 
-    def _send_batch(self, entities, progress, stats) -> dict[uuid.UUID, ExportResult]:
+    def _send_batch(self, entities, progress, stats, stop) -> dict[uuid.UUID, ExportResult]:
         by_id = {entity.id: entity for entity in entities}
         plan = self._post("plan", {"entities": [_plan_entry(entity) for entity in entities]}, stats)
+        need_statuses = [_id_of(value, "plan", "need_statuses")
+                         for value in _list_of(plan, "need_statuses", "plan")]
+        need_files = [_needed_file(item) for item in _list_of(plan, "need_files", "plan")]
         results: dict[uuid.UUID, ExportResult] = {}
-        waiting = []
-        for entry in plan.get("entities", []):
-            entity = by_id.get(uuid.UUID(entry["id"])) if entry.get("id") else None
-            if entity is None:
+        waiting, answered = [], set()
+        for entry_id, state, entry in _outcomes(plan, "entities", "plan", PLAN_STATES):
+            entity = by_id.get(entry_id)
+            if entity is None or entity.id in answered:
                 continue
-            if entry.get("state") == "stored":
+            answered.add(entity.id)
+            if state == "stored":
                 results[entity.id] = ExportResult("complete", round_trips=1)
-            elif entry.get("state") == "missing":
+            elif state == "missing":
                 waiting.append(entity)
             else:
-                results[entity.id] = ExportResult("rejected", entry.get("message", ""), round_trips=1)
+                results[entity.id] = _invalid(entry, round_trips=1)
+        unplanned = [entity for entity in by_id.values() if entity.id not in answered]
+        if unplanned:  # the plan must name each entity it was asked about
+            raise _outside(f"batch plan gave no state for {len(unplanned)} of the entities "
+                           f"asked about, such as {unplanned[0].id.hex}")
         if not waiting:
             return results
-        self._send_statuses(plan.get("need_statuses", []), stats)
-        failed_files = self._upload_files(plan.get("need_files", []), waiting, progress, stats)
+        self._send_statuses(need_statuses, stats)
+        failed_files = self._upload_files(need_files, waiting, progress, stats, stop)
         for entity in list(waiting):
             reasons = [failed_files[r.file_id] for r in files_of(entity) if r.file_id in failed_files]
-            if reasons:
+            if None in reasons:  # not uploaded because of a stop: neither sent nor failed
+                waiting.remove(entity)
+            elif reasons:
                 results[entity.id] = ExportResult("failed", "; ".join(reasons))
                 waiting.remove(entity)
         if not waiting:
@@ -177,52 +205,64 @@ class BatchSender:
         reply = self._post("records", {"entities": [
             {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()} for entity in waiting]},
             stats)
-        outcomes = {uuid.UUID(result["id"]): result for result in reply.get("results", [])
-                    if result.get("id")}
+        outcomes = {entry_id: (state, entry) for entry_id, state, entry
+                    in _outcomes(reply, "results", "records", RECORD_STATES)}
         for entity in waiting:
-            outcome = outcomes.get(entity.id, {})
-            state = outcome.get("state")
+            if entity.id not in outcomes:
+                raise _outside(f"batch records gave no result for {entity.ENTITY_TYPE} "
+                               f"{entity.id.hex}")
+            state, outcome = outcomes[entity.id]
             if state == "complete":
                 results[entity.id] = ExportResult("complete", round_trips=1)
             elif state == "failed":
-                results[entity.id] = ExportResult("failed", outcome.get("message", ""))
+                results[entity.id] = ExportResult("failed", _message(outcome))
             elif state == "invalid":
-                results[entity.id] = ExportResult("rejected", outcome.get("message", ""))
-            else:  # need_status / need_file_data / nothing: let the handshake sort it out
+                results[entity.id] = _invalid(outcome)
+            elif not stop.is_set():  # need_status / need_file_data: the handshake fetches it
                 results[entity.id] = self._fallback(entity, progress, stats)
         return results
 
-    def _send_statuses(self, status_ids: list[str], stats: BatchStats) -> None:
-        statuses = [self.source.status(uuid.UUID(status_id)) for status_id in status_ids]
+    def _send_statuses(self, status_ids: list[uuid.UUID], stats: BatchStats) -> None:
+        statuses = [self.source.status(status_id) for status_id in status_ids]
         statuses = [status.to_dict() for status in statuses if status is not None]
         for start in range(0, len(statuses), self.max_entities):
             self._post("statuses", {"statuses": statuses[start:start + self.max_entities]}, stats)
 
-    def _upload_files(self, needed: list[dict], entities, progress,
-                      stats: BatchStats) -> dict[uuid.UUID, str]:
+    def _upload_files(self, needed: list[tuple[uuid.UUID, int]], entities, progress,
+                      stats: BatchStats, stop: threading.Event) -> dict[uuid.UUID, str | None]:
         """Upload the planned files, several at once; return why each file that cannot be
-        sent (its bytes are missing here, or the target refuses it) was not.
+        sent (its bytes are missing here, or the target refuses it) was not, and None for
+        each file not sent because ``stop`` was set first.
 
         Raises TargetError as soon as the target cannot be reached, abandoning the
         uploads not yet started: a target that is down should cost seconds, not a
         round of retries for every file.
         """
         records = {record.file_id: record for entity in entities for record in files_of(entity)}
-        jobs = [(records[uuid.UUID(item["file_id"])], int(item.get("offset", 0)))
-                for item in needed if uuid.UUID(item["file_id"]) in records]
+        jobs = [(records[file_id], offset) for file_id, offset in needed if file_id in records]
         bundled, resumable = [], []
         for record, offset in jobs:  # an upload already begun goes on where it is
             if offset == 0 and self._bundles(record):
                 bundled.append(record)
             else:
                 resumable.append((record, offset))
-        failures: dict[uuid.UUID, str] = {}
+        failures: dict[uuid.UUID, str | None] = {}
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
                                             thread_name_prefix="meteorpi-upload")
-        futures = [self._pool.submit(self._upload_bundle, bundle, progress, stats)
+
+        def unless_stopped(upload, records_sent, *args):
+            # Checked as each upload starts, so a stop waits for one upload per thread
+            # at most, not for the whole batch.
+            if stop.is_set():
+                return {record.file_id: None for record in records_sent}
+            return upload(*args)
+
+        futures = [self._pool.submit(unless_stopped, self._upload_bundle, bundle,
+                                     bundle, progress, stats)
                    for bundle in self._bundled(bundled)]
-        futures += [self._pool.submit(self._upload_one, record, offset, progress, stats)
+        futures += [self._pool.submit(unless_stopped, self._upload_one, [record],
+                                      record, offset, progress, stats)
                     for record, offset in resumable]
         try:
             for future in as_completed(futures):
@@ -347,3 +387,69 @@ class BatchSender:
         result = export_entity(self.client, entity, self.source, progress=progress)
         stats.requests += self.client.requests_sent - before
         return result
+
+
+# Reading the target's replies ----------------------------------------------------------------
+#
+# A reply of the wrong shape says the target (or a proxy before it) is not speaking the
+# protocol: that is the target's fault, a TargetError, never a crash of this node's pass.
+
+PLAN_STATES = frozenset({"stored", "missing", "invalid"})
+RECORD_STATES = frozenset({"complete", "need_status", "need_file_data", "failed", "invalid"})
+
+
+def _outside(what: str) -> TargetError:
+    return TargetError(f"target answered outside the protocol: {what}")
+
+
+def _list_of(reply: dict, key: str, operation: str) -> list:
+    value = reply.get(key)
+    if not isinstance(value, list):
+        raise _outside(f"batch {operation} reply has no list {key!r}: {reply!r:.200}")
+    return value
+
+
+def _id_of(value, operation: str, key: str) -> uuid.UUID:
+    try:
+        if not isinstance(value, str) or len(value) != 32:
+            raise ValueError
+        return uuid.UUID(hex=value)
+    except ValueError:
+        raise _outside(f"batch {operation} reply has {value!r:.60} in {key}, "
+                       "not an id of 32 hex digits") from None
+
+
+def _needed_file(item) -> tuple[uuid.UUID, int]:
+    if not isinstance(item, dict):
+        raise _outside(f"batch plan reply has {item!r:.100} in need_files, not an object")
+    offset = item.get("offset", 0)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise _outside(f"batch plan reply has offset {offset!r:.60} in need_files, "
+                       "not a whole number of bytes")
+    return _id_of(item.get("file_id"), "plan", "need_files"), offset
+
+
+def _outcomes(reply: dict, key: str, operation: str, states: frozenset[str]):
+    """(id, state, entry) for each entry of ``reply[key]``, checked."""
+    for entry in _list_of(reply, key, operation):
+        if not isinstance(entry, dict):
+            raise _outside(f"batch {operation} reply has {entry!r:.100} in {key}, not an object")
+        entry_id = _id_of(entry.get("id"), operation, key)
+        state = entry.get("state")
+        if state not in states:
+            raise _outside(f"batch {operation} reply has state {state!r:.60} for "
+                           f"{entry_id.hex}, not one of {', '.join(sorted(states))}")
+        yield entry_id, state, entry
+
+
+def _message(entry: dict) -> str:
+    message = entry.get("message")
+    return message if isinstance(message, str) and message else "(no message)"
+
+
+def _invalid(entry: dict, round_trips: int = 0) -> ExportResult:
+    """The target refuses this one entity as invalid: the entity's trouble, not the target's."""
+    field_name = entry.get("field")
+    where = f" (field {field_name})" if isinstance(field_name, str) and field_name else ""
+    return ExportResult(INVALID, _message(entry) + where, round_trips=round_trips)
+

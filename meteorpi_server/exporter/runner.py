@@ -9,7 +9,8 @@ left. What can go wrong is sorted in two:
   that doubles with each failure in a row, up to a cap) and is disabled after
   ``export_max_failures`` failures in a row, with the reason. No task is charged: a
   target that is down for a week costs nothing but waiting.
-* the target refuses **one entity** (answers ``failed``, or 400/409/413/415/422 for it),
+* the target refuses **one entity** (answers ``failed``, or 400/409/413/415/422 for it,
+  or ``invalid`` for it in a protocol v2 reply),
   the exchange over it goes round in circles (more round trips than its files explain,
   or a request for a file that is not part of it), or this node cannot send it (its
   bytes are missing): that task waits (its own back-off) and the pass goes on with the
@@ -43,7 +44,7 @@ from ..files import FileStore
 from ..orm import ExportConfigRow, ExportTaskRow
 from . import tasks
 from .configs import clip
-from .batch import DEFAULT_CONCURRENCY, BatchSender, BatchStats
+from .batch import DEFAULT_CONCURRENCY, INVALID, BatchSender, BatchStats
 from .handshake import ExportResult, ImportClient, TargetError, export_entity
 from .marking import mark
 from .progress import Batch, Reporter
@@ -407,7 +408,7 @@ class Exporter:
                    if (entity := self._entity_of(row, task, summary, batch)) is not None]
         stats = BatchStats()
         try:
-            results = sender.send([entity for _, entity in pending], stats=stats,
+            results = sender.send([entity for _, entity in pending], stats=stats, stop=stop,
                                   progress=lambda count: self.reporter.bytes_sent(row.name, count))
         except TargetError as error:
             if stop.is_set():
@@ -415,6 +416,9 @@ class Exporter:
             self._target_failed(row, summary, str(error))
             return False
         _count_uploads(stats.files_uploaded, stats.bytes_uploaded, summary, batch)
+        # After a stop some entities have no result: they were not sent, and stay pending
+        # as they were.
+        pending = [(task, entity) for task, entity in pending if entity.id in results]
         completed = [(task, entity) for task, entity in pending if results[entity.id].ok]
         with self.database.write() as session:  # one commit for the batch's confirmations
             for task, _ in completed:
@@ -559,7 +563,8 @@ def _server_id_of(document: dict | None) -> uuid.UUID | None:
 
 def _is_target_problem(result: ExportResult) -> bool:
     # A ``stuck`` entity is this entity's trouble (the target handles others), so it is
-    # refused like a ``failed`` one; a reply outside the protocol says the target is wrong.
+    # refused like a ``failed`` one, as is one a v2 reply calls ``invalid``; a reply
+    # outside the protocol says the target is wrong.
     if result.state == "unexpected":
         return True
     return result.state == "rejected" and result.status_code not in ENTITY_STATUS_CODES
@@ -571,6 +576,8 @@ def _reason(task: tasks.Task, result: ExportResult) -> str:
         return clip(f"{what}: the target answered failed: {result.message or '(no message)'}")
     if result.state == "rejected":
         return clip(f"{what}: the target rejected it with HTTP {result.message}")
+    if result.state == INVALID:
+        return clip(f"{what}: the target refused it as invalid: {result.message}")
     return clip(f"{what}: {result.message or 'the target answered outside the protocol'}")
 
 
