@@ -47,3 +47,18 @@ def test_bars_count_entities_and_bytes_including_files_the_target_had():
 def test_sizes_read_well():
     assert [format_bytes(n) for n in (0, 1023, 1024, 5 * 1024 ** 2, 3 * 1024 ** 4)] == [
         "0 B", "1023 B", "1.0 KiB", "5.0 MiB", "3.0 TiB"]
+
+
+def test_the_byte_bar_counts_each_byte_once_when_a_whole_batch_is_uploaded_first():
+    # Protocol v2's order: every upload of the batch, then each entity's completion.
+    reporter = BarReporter(Terminal())
+    sizes = [2000, 1000, 3000, 500]
+    reporter.add_work("central", len(sizes), sum(sizes))
+    for size in sizes[:3]:  # the target already had the last entity's files
+        reporter.bytes_sent("central", size // 2)
+        reporter.bytes_sent("central", size - size // 2)
+    for size in sizes:
+        reporter.entity_done("central", True, size)
+    _, byte_bar = reporter._bars["central"]
+    assert (byte_bar.n, byte_bar.total) == (sum(sizes), sum(sizes))
+    reporter.close()

@@ -106,9 +106,13 @@ class BarReporter(LogReporter):
         entity_bar, byte_bar = self._bars_for(target)
         entity_bar.update(1)
         # Files the target already had are never uploaded: move the bar past them too.
+        # Uploaded bytes not yet matched to a finished entity are credited to this one, up
+        # to its size, and the rest kept for the next: with protocol v2 a whole batch is
+        # uploaded before its first entity is done, so the credit spans many entities.
         with self._lock:
-            rest = max(0, file_bytes - self._unreported[target])
-            self._unreported[target] = 0
+            credited = min(file_bytes, self._unreported[target])
+            self._unreported[target] -= credited
+            rest = file_bytes - credited
         if rest:
             byte_bar.update(rest)
 
