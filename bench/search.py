@@ -330,6 +330,9 @@ def searches(database: Database) -> tuple[list[tuple[str, Callable[[], object]]]
                                                          with_count=True)),
         ("meta string = perseid (~11%)", events({"meta_constraints": [
             {"type": "string_equals", "key": "meteorpi:class", "value": "perseid"}]})),
+        ("meta string = perseid, legacy (count)", events({"meta_constraints": [
+            {"type": "string_equals", "key": "meteorpi:class", "value": "perseid"}]},
+            with_count=True)),
         ("meta number, rare (0.1% fireball)", events({"meta_constraints": [
             {"type": "less", "key": "meteorpi:fireball", "value": -4}]})),
         ("meta number, camera + month", events({"camera_ids": ["cam-03"], "after": month[0],

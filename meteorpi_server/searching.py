@@ -249,11 +249,14 @@ def _keyset(time_column, id_column, cursor: Cursor) -> ColumnElement[bool]:
                and_(time_column == cursor.time, id_column > cursor.record_id))
 
 
-def _page(session: Session, row_class, time_column, id_column, conditions, search,
-          cursor: Cursor | None, descending: bool, with_count: bool, to_model, record_id):
+def _page(session: Session, row_class, time_column, id_column, conditions, count_conditions,
+          search, cursor: Cursor | None, descending: bool, with_count: bool, to_model,
+          record_id):
     if cursor is not None:
         descending = cursor.descending
-        conditions = [*conditions, _keyset(time_column, id_column, cursor)]
+        keyset = _keyset(time_column, id_column, cursor)
+        conditions = [*conditions, keyset]
+        count_conditions = [*count_conditions, keyset]
     order = ((time_column.desc(), id_column.desc()) if descending
              else (time_column.asc(), id_column.asc()))
     rows = list(session.scalars(
@@ -271,7 +274,8 @@ def _page(session: Session, row_class, time_column, id_column, conditions, searc
         # not already tell it (a full page, or an empty one past the end).
         count = search.skip + len(items)
         if more or (not items and search.skip > 0):
-            count = session.scalar(select(func.count()).select_from(row_class).where(*conditions))
+            count = session.scalar(
+                select(func.count()).select_from(row_class).where(*count_conditions))
     return Page(items, next_cursor, more, count)
 
 
@@ -299,6 +303,14 @@ def _rare_constraints(session: Session, meta_row, search) -> frozenset[int]:
     return frozenset(rare)
 
 
+def _every_constraint(search) -> frozenset[int]:
+    """Every meta constraint, for a count. With no order or limit to serve, reading the
+    matching meta entries once (the IN form) is the cheap plan whether the value is
+    rare or common; SQLite would run a common value's EXISTS form as a lookup per
+    record, over every record. PostgreSQL plans both forms as the same semi-join."""
+    return frozenset(range(len(search.meta_constraints)))
+
+
 def search_events(session: Session, search: EventSearch, cursor: Cursor | None = None,
                   descending: bool = True, with_count: bool = False) -> Page[Event]:
     """The events ``search`` matches, newest first (or oldest first), files included.
@@ -308,9 +320,9 @@ def search_events(session: Session, search: EventSearch, cursor: Cursor | None =
     own ordering, which wins over ``descending``.
     """
     conditions = _event_conditions(search, _rare_constraints(session, EventMetaRow, search))
-    return _page(session, EventRow, EventRow.event_time, EventRow.event_id,
-                 conditions, search, cursor, descending, with_count,
-                 event_from_row, lambda row: row.event_id)
+    return _page(session, EventRow, EventRow.event_time, EventRow.event_id, conditions,
+                 _event_conditions(search, _every_constraint(search)), search, cursor,
+                 descending, with_count, event_from_row, lambda row: row.event_id)
 
 
 def search_files(session: Session, search: FileSearch, cursor: Cursor | None = None,
@@ -319,17 +331,17 @@ def search_files(session: Session, search: FileSearch, cursor: Cursor | None = N
     :func:`search_events` otherwise."""
     conditions = _file_conditions(search, _rare_constraints(session, FileMetaRow, search))
     return _page(session, FileRecordRow, FileRecordRow.file_time, FileRecordRow.file_id,
-                 conditions, search, cursor, descending, with_count,
-                 file_record_from_row, lambda row: row.file_id)
+                 conditions, _file_conditions(search, _every_constraint(search)), search,
+                 cursor, descending, with_count, file_record_from_row, lambda row: row.file_id)
 
 
 def count_events(session: Session, search: EventSearch) -> int:
     """How many events ``search`` matches, ignoring ``limit`` and ``skip``."""
-    conditions = _event_conditions(search, _rare_constraints(session, EventMetaRow, search))
+    conditions = _event_conditions(search, _every_constraint(search))
     return session.scalar(select(func.count()).select_from(EventRow).where(*conditions))
 
 
 def count_files(session: Session, search: FileSearch) -> int:
     """How many files ``search`` matches, ignoring ``limit`` and ``skip``."""
-    conditions = _file_conditions(search, _rare_constraints(session, FileMetaRow, search))
+    conditions = _file_conditions(search, _every_constraint(search))
     return session.scalar(select(func.count()).select_from(FileRecordRow).where(*conditions))

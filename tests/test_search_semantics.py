@@ -232,3 +232,32 @@ def test_the_count_is_every_match_ignoring_limit_and_skip(stored_night, search, 
     with database.read() as session:
         page = searching.search_events(session, EventSearch.from_dict(search), with_count=True)
         assert page.count == count == searching.count_events(session, EventSearch.from_dict(search))
+
+
+def _unpaged(cases):
+    return [(search, expected) for search, expected in cases
+            if "limit" not in search and "skip" not in search]
+
+
+@pytest.mark.parametrize("search, expected", _unpaged(EVENT_CASES),
+                         ids=[str(case[0]) for case in _unpaged(EVENT_CASES)])
+def test_the_count_of_every_event_search_is_its_number_of_matches(stored_night, search, expected):
+    # A count is planned apart from its page (meta constraints are read the other way
+    # round), so it is checked against every search's matches.
+    database, _ = stored_night
+    with database.read() as session:
+        counted = searching.count_events(session, EventSearch.from_dict(search))
+        legacy = searching.search_events(session, EventSearch.from_dict({**search, "limit": 1}),
+                                         with_count=True)
+    assert counted == legacy.count == len(expected)
+
+
+@pytest.mark.parametrize("search, expected", _unpaged(FILE_CASES),
+                         ids=[str(case[0]) for case in _unpaged(FILE_CASES)])
+def test_the_count_of_every_file_search_is_its_number_of_matches(stored_night, search, expected):
+    database, _ = stored_night
+    with database.read() as session:
+        counted = searching.count_files(session, FileSearch.from_dict(search))
+        legacy = searching.search_files(session, FileSearch.from_dict({**search, "limit": 1}),
+                                        with_count=True)
+    assert counted == legacy.count == len(expected)
