@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -134,27 +135,42 @@ def test_latest_with_a_limit_leaves_the_rest_for_the_next_read(client, reader, s
     assert [c["camera_id"] for c in second["changes"]] == ["cam-2"]
 
 
-def test_a_long_poll_answers_as_soon_as_a_record_arrives(app, live_server, reader, services):
-    stored_at = {}
+def test_a_long_poll_is_answered_by_an_import_that_arrives_while_it_waits(
+        live_server, reader, exporter_auth, monkeypatch):
+    # Told when the poll has looked once and found nothing, so the import surely
+    # arrives while it waits.
+    waiting = threading.Event()
+    real_read_changes = feed.read_changes
 
-    def store_soon():
-        time.sleep(0.5)
-        store_locally(services.database, factories.status("cam-1"))
-        stored_at["time"] = time.monotonic()
+    def read_changes_and_tell(*args, **kwargs):
+        page = real_read_changes(*args, **kwargs)
+        if not page.changes:
+            waiting.set()
+        return page
 
-    threading.Thread(target=store_soon).start()
-    response = requests.get(f"{live_server}/changes", auth=reader, timeout=60,
-                            params={"since": 0, "timeout": 30_000})
-    answered = time.monotonic()
+    monkeypatch.setattr(feed, "read_changes", read_changes_and_tell)
+    status = factories.status("cam-1")
+    with ThreadPoolExecutor(1) as pool:
+        # The client gives up after 30 s, the server would wait 60 s: any reply at all
+        # means the import woke the poll.
+        poll = pool.submit(requests.get, f"{live_server}/changes", auth=reader,
+                           params={"since": 0, "timeout": 60_000}, timeout=(5, 30))
+        assert waiting.wait(30), "the long poll never reached the server"
+        imported = requests.post(f"{live_server}/import", auth=exporter_auth, timeout=30,
+                                 json={"type": "status", "status": status.to_dict()})
+        assert imported.status_code == 200, imported.text
+        response = poll.result()
 
-    assert [c["type"] for c in response.json()["changes"]] == ["status"]
-    assert answered - stored_at["time"] < 2
+    assert response.status_code == 200
+    assert summary(response.json()) == [(1, "status", status.status_id.hex)]
 
 
 def test_a_long_poll_with_nothing_new_answers_empty_at_its_timeout(client, reader, stored):
     stored(factories.status())
-    reply = changes(client, reader, since=1, timeout=200)
+    started = time.monotonic()
+    reply = changes(client, reader, since=1, timeout=500)
     assert reply == {"changes": [], "last": 1, "more": False}
+    assert time.monotonic() - started >= 0.5, "the poll did not wait for its timeout"
 
 
 @pytest.fixture
