@@ -9,6 +9,7 @@ import pytest
 import factories
 from protocol import ProtocolClient, ResumableClient, chunk_checksum
 from meteorpi_model import md5_bytes
+from meteorpi_server.resumable import Checksum
 
 DATA = factories.file_bytes(300_000)
 MD5 = md5_bytes(DATA)
@@ -76,6 +77,26 @@ def test_a_resent_chunk_the_server_already_holds_is_a_conflict_not_a_duplicate(u
     assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
 
 
+def test_a_checksummed_chunk_cut_short_is_not_kept(uploader, file_id):
+    uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000], chunk_checksum(DATA[:1000]))
+
+    class CutConnection:
+        def __init__(self):
+            self.sent = False
+
+        def read(self, size=-1):
+            if self.sent:
+                raise ConnectionResetError("the sender's link dropped")
+            self.sent = True
+            return DATA[1000:1500]
+
+    with pytest.raises(ConnectionResetError):
+        uploader.client.application.extensions["meteorpi"].uploads.append(
+            file_id, MD5, 1000, len(DATA), CutConnection(), "exporter",
+            checksum=Checksum.parse(chunk_checksum(DATA[1000:2000])))
+    assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
+
+
 def test_a_corrupted_chunk_is_refused_and_the_chunks_before_it_kept(uploader, file_id):
     uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000], chunk_checksum(DATA[:1000]))
     bad = uploader.chunk(file_id, MD5, 1000, len(DATA), b"X" + DATA[1001:2000],
@@ -110,9 +131,13 @@ def test_repeated_md5_failures_fail_the_import(client, exporter_auth, uploader, 
 @pytest.mark.parametrize("headers, status, error", [
     ({"Upload-Offset": None}, 400, "bad_header"),
     ({"Upload-Length": "-1"}, 400, "bad_header"),
+    ({"Upload-Offset": "\u00b2"}, 400, "bad_header"),  # a digit to str.isdigit, not to int()
+    ({"Upload-Length": "3\u00b9"}, 400, "bad_header"),
+    ({"Upload-Length": "1_000"}, 400, "bad_header"),
     ({"Upload-Checksum": "crc32 AAAA"}, 400, "bad_upload"),
     ({"Upload-Checksum": "sha256 not-base64!"}, 400, "bad_upload"),
-], ids=["no-offset", "negative-length", "unknown-algorithm", "bad-digest"])
+], ids=["no-offset", "negative-length", "superscript-offset", "superscript-length",
+        "underscored-length", "unknown-algorithm", "bad-digest"])
 def test_a_chunk_with_bad_headers_is_a_400(client, exporter_auth, file_id, services, headers, status, error):
     sent = {"Upload-Offset": "0", "Upload-Length": str(len(DATA)), **headers}
     response = client.patch(f"/import/data/{file_id.hex}/{MD5}", data=DATA[:10], auth=exporter_auth,
@@ -133,6 +158,44 @@ def test_a_chunk_past_the_announced_length_is_refused(uploader, file_id):
     response = uploader.chunk(file_id, MD5, 0, 10, DATA[:20])
     assert response.status_code == 400
     assert uploader.state(file_id, MD5).get_json()["offset"] == 0
+
+
+def test_a_chunk_running_past_the_length_is_refused_whole_not_kept_in_part(uploader, file_id):
+    data = factories.file_bytes(3 << 20)  # more than the server reads at once
+    response = uploader.chunk(file_id, md5_bytes(data[:(3 << 20) - 100]), 0, (3 << 20) - 100, data)
+    assert response.status_code == 400
+    assert uploader.state(file_id, md5_bytes(data[:(3 << 20) - 100])).get_json()["offset"] == 0
+
+
+def test_the_first_chunk_pins_the_files_length(uploader, file_id, services):
+    uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000])
+    # An empty chunk claiming the file ends here would otherwise end the upload (and
+    # discard it when the md5 does not match).
+    response = uploader.chunk(file_id, MD5, 1000, 1000, b"")
+    assert response.status_code == 409
+    assert response.get_json() | {"message": ""} == {
+        "error": "length_mismatch", "offset": 1000, "length": len(DATA), "message": "",
+        "state": "failed"}
+    assert response.headers["Upload-Offset"] == "1000"
+    assert response.headers["Upload-Length"] == str(len(DATA))
+    longer = uploader.chunk(file_id, MD5, 1000, len(DATA) + 5, DATA[1000:2000])
+    assert longer.status_code == 409 and longer.get_json()["error"] == "length_mismatch"
+    assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
+    assert uploader.chunk(file_id, MD5, 1000, len(DATA), DATA[1000:]).get_json()["complete"]
+    assert services.files.path_for(file_id).read_bytes() == DATA
+    assert partial_uploads(services) == []
+
+
+def test_an_upload_that_holds_no_bytes_yet_may_declare_a_new_length(uploader, file_id):
+    assert uploader.chunk(file_id, MD5, 0, len(DATA) + 1, b"").get_json()["offset"] == 0
+    assert uploader.send_all(file_id, DATA, 100_000).get_json()["complete"]
+
+
+def test_a_partial_upload_from_before_length_pins_goes_on(uploader, file_id, services):
+    services.files.upload_path(file_id, MD5).write_bytes(DATA[:1000])
+    response = uploader.chunk(file_id, MD5, 1000, len(DATA), DATA[1000:])
+    assert response.get_json()["complete"]
+    assert services.files.path_for(file_id).read_bytes() == DATA
 
 
 def test_chunks_and_files_over_the_limits_are_a_413(settings, exporter_auth, file_id):

@@ -5,6 +5,8 @@ not sent again, and no partial file is ever visible at the file's final path.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import signal
@@ -308,6 +310,56 @@ def test_an_upload_survives_the_server_being_killed_and_restarted(server_config,
     assert 0 < offset_at_kill < size
     assert services.files.path_for(file_id).read_bytes() == big_file.read_bytes()
     assert proxy.forwarded < size + 2 * CHUNK + HEADER_ALLOWANCE
+
+
+def bytes_received_into(uploads, beyond: int) -> int:
+    """How many bytes past ``beyond`` a server process has written into files under
+    ``uploads`` that it holds open (a partial file, or a chunk's unnamed temporary file)."""
+    most = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        total = 0
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{uploads}/"):
+                    total += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+        except OSError:  # not ours, or gone
+            continue
+        most = max(most, total - beyond)
+    return most
+
+
+def test_a_checksummed_chunk_cut_by_a_server_crash_is_not_counted(server_config, exporter_auth,
+                                                                   services, big_file):
+    port = free_port()
+    server = GunicornProcess(server_config, port, workers=1)
+    file_id, md5, size = uuid.uuid4(), md5_file(big_file), big_file.stat().st_size
+    data = big_file.read_bytes()
+    uploader = uploader_for(server.url, exporter_auth)
+    url = f"{server.url}/import/data/{file_id.hex}/{md5}"
+    first = uploader._send(url, 0, size, data[:CHUNK])
+    assert first.json()["offset"] == CHUNK
+    second = data[CHUNK:4 * CHUNK]  # the server reads a body a CHUNK at a time
+    digest = base64.b64encode(hashlib.sha256(second).digest()).decode()
+    token = base64.b64encode(":".join(exporter_auth).encode()).decode()
+    head = (f"PATCH /import/data/{file_id.hex}/{md5} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Basic {token}\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Upload-Offset: {CHUNK}\r\nUpload-Length: {size}\r\n"
+            f"Upload-Checksum: sha256 {digest}\r\nContent-Length: {len(second)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.sendall(head + second[:2 * CHUNK + 1000])
+        deadline = time.monotonic() + 60  # a bound for a broken server, not a measurement
+        while bytes_received_into(services.files.uploads, CHUNK) < 2 * CHUNK:
+            assert time.monotonic() < deadline, "the server never took in part of the chunk"
+            time.sleep(0.01)
+        server.kill()  # two thirds of a chunk in, its checksum not yet checked
+    server = GunicornProcess(server_config, port, workers=1)
+    try:
+        assert requests.get(url, auth=exporter_auth, timeout=10).json()["offset"] == CHUNK
+        with open(big_file, "rb") as source:
+            assert uploader.upload(file_id, md5, source).complete
+    finally:
+        server.stop()
+    assert services.files.path_for(file_id).read_bytes() == data
 
 
 EXPORTER_SCRIPT = textwrap.dedent('''

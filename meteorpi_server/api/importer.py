@@ -1,12 +1,14 @@
 """POST /import and POST /import/data/<file_id>/<md5>: the legacy import protocol."""
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, current_app, jsonify, request
 
 from meteorpi_model import ValidationError, parse_id, parse_md5
 
 from ..files import IncompleteUpload
-from ..resumable import Checksum, UploadError
+from ..resumable import Checksum, LengthMismatch, UploadError
 from .errors import ApiError, error_response
 from .security import current_user, requires_role
 from .uploads import MultipartFileField, body_read_timeout, read_json
@@ -83,9 +85,13 @@ def _upload_target(file_id: str, md5: str):
                        "bad_url", field=error.path) from None
 
 
+# ASCII digits only: str.isdigit() also takes '²' or '٣', which int() then refuses.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,20}")
+
+
 def _header_int(name: str) -> int:
     value = request.headers.get(name)
-    if value is None or not value.isdigit():
+    if value is None or not _WHOLE_NUMBER.fullmatch(value):
         raise ApiError(400, f"a chunk needs the header {name}: a whole number of bytes",
                        "bad_header", field=name)
     return int(value)
@@ -129,8 +135,12 @@ def upload_chunk(file_id: str, md5: str):
                 checksum=checksum, chunk_length=request.content_length)
     except UploadError as error:
         details = {} if error.offset is None else {"offset": error.offset}
+        if isinstance(error, LengthMismatch):
+            details["length"] = error.length
         response = error_response(error.status, error.error, error.message, **details)
         if error.offset is not None:
             response.headers["Upload-Offset"] = str(error.offset)
+        if isinstance(error, LengthMismatch):
+            response.headers["Upload-Length"] = str(error.length)
         return response
     return _upload_reply(state)
