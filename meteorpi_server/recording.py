@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 from typing import Mapping
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from meteorpi_model import CameraStatus, Event, FileRecord, md5_file
@@ -23,7 +22,6 @@ from . import store
 from .db import Database
 from .blobs import Blobs
 from .files import FileStore, Md5Mismatch, StoredFile
-from .orm import CameraStatusRow
 
 
 class RecordingError(ValueError):
@@ -41,20 +39,13 @@ class Recorder:
     def record_status(self, status: CameraStatus) -> None:
         """Store a camera status (raises RecordingError if that status id is taken).
 
-        The camera's current status (open-ended, valid from no later than the new one)
-        ends where the new one begins, in the same transaction, so a camera has one
-        current status at a time. A status recorded late, valid from before the current
-        one, leaves the current one as it is.
+        The camera's current status ends where the new one begins, in the same
+        transaction, so a camera has one current status at a time; a status recorded
+        late ends where the next one begins (``store.insert_status``).
         """
         with self.database.write() as session:
             if store.has_status(session, status.status_id):
                 raise RecordingError(f"status {status.status_id.hex} is already recorded")
-            session.execute(
-                update(CameraStatusRow)
-                .where(CameraStatusRow.camera_id == status.camera_id,
-                       CameraStatusRow.valid_to.is_(None),
-                       CameraStatusRow.valid_from <= status.valid_from)
-                .values(valid_to=status.valid_from))
             store.insert_status(session, status, store.LOCAL)
 
     def record_file(self, record: FileRecord, path: str | os.PathLike) -> FileRecord:

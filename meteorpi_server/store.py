@@ -5,6 +5,7 @@ record and everything it needs are stored together or not at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -346,7 +347,26 @@ def event_from_row(row: EventRow) -> Event:
 # Writes ----------------------------------------------------------------------------
 
 def insert_status(session: Session, status: CameraStatus, source: Source = LOCAL) -> None:
+    """Store a new camera status; a camera has one current status at a time.
+
+    The camera's open-ended status valid from no later than ``status`` ends where
+    ``status`` begins, and ``status``, if open-ended but older than another of the camera's
+    statuses, ends where the next one begins. A camera node records its statuses so, and a
+    server that imports them the same way ends up with the same intervals, though the
+    protocol never sends a status again once its end is known.
+    """
     received_at = now_ms()
+    session.execute(update(CameraStatusRow)
+                    .where(CameraStatusRow.camera_id == status.camera_id,
+                           CameraStatusRow.valid_to.is_(None),
+                           CameraStatusRow.valid_from <= status.valid_from)
+                    .values(valid_to=status.valid_from))
+    if status.valid_to is None:
+        next_from = session.scalar(select(func.min(CameraStatusRow.valid_from)).where(
+            CameraStatusRow.camera_id == status.camera_id,
+            CameraStatusRow.valid_from > status.valid_from))
+        if next_from is not None:
+            status = dataclasses.replace(status, valid_to=next_from)
     session.add(_status_row(status, source, received_at))
     session.flush()
     feed.record_arrival(session, "status", status.status_id, status.camera_id,

@@ -358,3 +358,18 @@ def test_a_malformed_origin_header_is_a_400(client, exporter_auth, services):
                            auth=exporter_auth, headers={"Meteorpi-Origin": "nope"})
     assert response.status_code == 400
     assert response.get_json()["field"] == "Meteorpi-Origin"
+
+
+def test_a_cameras_new_status_ends_its_current_one_and_a_late_one_ends_at_the_next(
+        node, services):
+    first = factories.status(valid_from=factories.NIGHT)
+    second = factories.status(valid_from=factories.NIGHT + 3_600_000)
+    late = factories.status(valid_from=factories.NIGHT - 3_600_000)
+    other_camera = factories.status(camera_id="cam-2", valid_from=factories.NIGHT)
+    for status in (first, other_camera, second, late):
+        assert node.send(status) == {"state": "continue"}
+    with services.database.read() as session:
+        valid_to = {status.status_id: store.get_status(session, status.status_id).valid_to
+                    for status in (first, second, late, other_camera)}
+    assert valid_to == {first.status_id: second.valid_from, second.status_id: None,
+                        late.status_id: first.valid_from, other_camera.status_id: None}
