@@ -10,6 +10,7 @@ import requests
 
 import factories
 from feed_reader import FeedFollower, server_sent_events
+from meteorpi_server.exporter.batch import BatchSender, BatchStats
 from meteorpi_server.exporter.handshake import ImportClient, export_entity
 
 
@@ -47,10 +48,25 @@ def assert_exactly_once_in_order(seen: list[dict], nights) -> None:
     assert set(ids) == expected_ids(nights)
 
 
-def import_concurrently(urls, auth, nights) -> None:
+def export_in_batches(url: str, auth, dataset, entities, start: threading.Barrier) -> None:
+    """As an exporter speaking protocol v2 does: batches of plans, statuses, bundles and
+    records, each storing many records in one transaction."""
+    with ImportClient(f"{url}/import", *auth) as client:
+        client.describe()
+        stats = BatchStats()
+        with BatchSender(client, dataset) as sender:
+            start.wait(30)
+            # Several batches each, so that the exporters' transactions interleave.
+            for first in range(0, len(entities), 4):
+                results = sender.send(entities[first:first + 4], stats=stats)
+                assert {result.state for result in results.values()} == {"complete"}, results
+        assert stats.fallbacks == 0, "some records went one at a time, not in a batch"
+
+
+def import_concurrently(urls, auth, nights, export=export_all) -> None:
     start = threading.Barrier(len(nights))
     with ThreadPoolExecutor(len(nights)) as pool:
-        futures = [pool.submit(export_all, urls[index % len(urls)], auth, dataset, entities, start)
+        futures = [pool.submit(export, urls[index % len(urls)], auth, dataset, entities, start)
                    for index, (dataset, entities) in enumerate(nights)]
         for future in futures:
             future.result()
@@ -63,6 +79,19 @@ def test_a_follower_sees_every_import_once_in_order(live_server, exporter_auth, 
     follower.start()
 
     import_concurrently([live_server], exporter_auth, nights)
+
+    total = sum(1 + len(entities) for _, entities in nights)
+    assert_exactly_once_in_order(follower.stop(until=total), nights)
+
+
+def test_a_follower_sees_every_batched_import_once_in_order(live_server, exporter_auth, make_user,
+                                                            tmp_path):
+    reader = make_user("reader", "user")
+    nights = [night_of(f"cam-{index}", tmp_path, events=8, files=4) for index in range(4)]
+    follower = FeedFollower(live_server, reader)
+    follower.start()
+
+    import_concurrently([live_server], exporter_auth, nights, export=export_in_batches)
 
     total = sum(1 + len(entities) for _, entities in nights)
     assert_exactly_once_in_order(follower.stop(until=total), nights)
