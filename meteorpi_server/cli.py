@@ -348,15 +348,17 @@ def _build_search(events: bool, search_json: str | None, options: dict):
               help="The user (with the import role) on the target.")
 @click.option("--password-stdin", is_flag=True,
               help="Read that user's password from standard input (else it is asked for).")
-@click.option("--events/--files", "events", default=None,
-              help="Export events (with their files), or stand-alone files.")
+@click.option("--events", "events", is_flag=True,
+              help="Export events (with their files); or --files.")
+@click.option("--files", "files", is_flag=True,
+              help="Export stand-alone files (those of no event); or --events.")
 @click.option("--description", default="", help="What this export is for.")
 @click.option("--disabled", is_flag=True, help="Add it disabled (enable it later).")
 @_search_options
 @pass_context
 def export_add(context: Context, name: str, target_url: str, user_id: str, password_stdin: bool,
-               events: bool | None, description: str, disabled: bool, search_json: str | None,
-               **search_options) -> None:
+               events: bool, files: bool, description: str, disabled: bool,
+               search_json: str | None, **search_options) -> None:
     """Add an export configuration NAME: send every matching record to a target."""
     import uuid
 
@@ -364,7 +366,11 @@ def export_add(context: Context, name: str, target_url: str, user_id: str, passw
 
     from .exporter import configs
 
-    if events is None:
+    # Two flags rather than click's --events/--files, where the last one would silently win.
+    if events and files:
+        raise click.UsageError("--events and --files exclude each other: one configuration "
+                               "exports events or stand-alone files; add one of each")
+    if not events and not files:
         raise click.UsageError("say what to export: --events or --files")
     with _export_errors():
         search = _build_search(events, search_json, search_options)
@@ -466,7 +472,8 @@ def export_status(context: Context) -> None:
 
 @export.command("run")
 @click.option("--once", is_flag=True,
-              help="Send everything due, print a summary and exit (status 1 if anything failed).")
+              help="Send everything due, print a summary and exit (status 1 if anything failed, "
+                   "or a configuration is backing off after failures or was disabled by them).")
 @pass_context
 def export_run(context: Context, once: bool) -> None:
     """Send records to every enabled configuration's target.
@@ -479,15 +486,16 @@ def export_run(context: Context, once: bool) -> None:
     import signal
     import threading
 
+    from .exporter import report
     from .exporter.progress import BarReporter, reporter_for
-    from .exporter.report import format_summary
-    from .exporter.runner import Exporter, ExporterSettings
+    from .exporter.runner import Exporter, ExporterSettings, quiet_connection_retries
 
     config = context.config
     settings = ExporterSettings.from_config(config)
     database = context.database()
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_connection_retries()
     reporter = reporter_for(sys.stderr)
     exporter = Exporter(database, FileStore(config.file_store), settings, reporter)
     stop = threading.Event()
@@ -512,8 +520,11 @@ def export_run(context: Context, once: bool) -> None:
             summary = exporter.run_once(stop) if once else exporter.run_forever(stop)
     finally:
         reporter.close()
-    click.echo(format_summary(summary))
-    if once and summary.failures:
+    with database.read() as session:
+        statuses = report.gather(session)
+    click.echo(report.format_summary(summary, statuses))
+    # Waiting out failures, or disabled by them, is something cron should mail about too.
+    if once and (summary.failures or report.attention(statuses)):
         sys.exit(1)
 
 

@@ -253,3 +253,75 @@ def test_the_exporter_never_logs_the_password(client, admin, services, live_serv
     Exporter(services.database, services.files, ExporterSettings()).run_once()
     assert "central" in caplog.text
     assert SECRET not in caplog.text
+
+
+def test_export_add_takes_events_or_files_not_both(config_file, services):
+    for flags in (["--events", "--files"], ["--files", "--events"]):
+        result = add(config_file, "central", *flags)
+        assert result.exit_code == 2, result.output
+        assert "--events and --files exclude each other" in result.output
+    with services.database.read() as session:
+        assert configs.list_views(session) == []
+
+
+# export run --once: what it says, and its exit status, when a target is in trouble --------
+
+def run_once(config_file):
+    return meteorpi(config_file, "export", "run", "--once")
+
+
+@pytest.fixture
+def node_config(tmp_path, database_url):
+    """A node whose exporter backs off for ten minutes and gives up after two failures."""
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump({"database_url": database_url,
+                                    "file_store": str(tmp_path / "files"),
+                                    "export_backoff_seconds": 600, "export_max_failures": 2}))
+    return path
+
+
+def test_a_target_that_is_down_says_what_to_do_and_fails_every_run_until_fixed(
+        node_config, services, caplog):
+    from conftest import free_port
+
+    port = free_port()
+    assert add(node_config, "central", "--events",
+               target=f"http://127.0.0.1:{port}/import").exit_code == 0
+    first = run_once(node_config)
+    assert first.exit_code == 1, first.output
+    down = f"cannot connect to 127.0.0.1:{port}: connection refused; is the target server running?"
+    assert down in first.output
+    for noise in ("HTTPConnectionPool", "Max retries", "NewConnectionError", "Retrying"):
+        assert noise not in first.output
+    assert not [record for record in caplog.records
+                if record.levelno >= logging.WARNING and "Retrying" in record.getMessage()], \
+        "urllib3's retry warnings are for debug logs"
+    assert "central is backing off after 1 failure(s) in a row; next attempt " in first.output
+    assert "(in 10 min); to try now: meteorpi export retry central" in first.output
+
+    # While it backs off, cron still hears about it.
+    waiting = run_once(node_config)
+    assert waiting.exit_code == 1, waiting.output
+    assert "skipped: backing off" in waiting.output
+    assert f"central is backing off after 1 failure(s) in a row (last error: {down})" in waiting.output
+
+    # retry ends the wait; the second failure in a row disables the configuration.
+    assert meteorpi(node_config, "export", "retry", "central").exit_code == 0
+    disabled = run_once(node_config)
+    assert disabled.exit_code == 1, disabled.output
+    assert ("central is disabled (disabled after 2 failures in a row; the last: " + down
+            + "); once that is fixed: meteorpi export enable central") in disabled.output
+
+    after = run_once(node_config)
+    assert after.exit_code == 1, after.output
+    assert after.output.startswith("nothing to do: no enabled export configuration (central "
+                                   "disabled; meteorpi export enable NAME enables one again)")
+    assert "meteorpi export enable central" in after.output
+
+
+def test_a_configuration_an_administrator_disabled_is_nothing_to_worry_about(config_file):
+    assert add(config_file, "central", "--events", "--disabled").exit_code == 0
+    result = run_once(config_file)
+    assert result.exit_code == 0, result.output
+    assert result.output == ("nothing to do: no enabled export configuration (central disabled; "
+                             "meteorpi export enable NAME enables one again)\n")

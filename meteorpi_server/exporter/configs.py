@@ -103,6 +103,13 @@ class ExportView:
             return "backing off"
         return "enabled"
 
+    @property
+    def disabled_by_failure(self) -> bool:
+        """Disabled by the exporter (failures in a row, a target that is this server),
+        not by an administrator: someone has to look into it and enable it again."""
+        return (not self.configuration.enabled and self.disabled_reason is not None
+                and self.disabled_reason != DISABLED_BY_ADMIN)
+
     def to_dict(self) -> dict:
         """Everything but the password (only whether one is set)."""
         data = self.configuration.to_dict(include_password=False)
@@ -196,7 +203,12 @@ def enable(session: Session, name: str) -> ExportView:
     return view_from_row(row)
 
 
-def disable(session: Session, name: str, reason: str = "disabled by an administrator") -> ExportView:
+#: Why a configuration an administrator disabled is disabled (any other reason is a
+#: failure that disabled it, which someone has to look into).
+DISABLED_BY_ADMIN = "disabled by an administrator"
+
+
+def disable(session: Session, name: str, reason: str = DISABLED_BY_ADMIN) -> ExportView:
     row = get_row(session, name, for_update=True)
     row.enabled = False
     row.disabled_reason = clip(reason)

@@ -140,10 +140,39 @@ def format_status(statuses: list[ConfigStatus]) -> str:
     return "\n".join(blocks)
 
 
-def format_summary(summary: RunSummary) -> str:
-    """Per target: entities sent, files and bytes uploaded, failures."""
+def attention(statuses: list[ConfigStatus], now: int | None = None,
+              errors_shown: frozenset[str] = frozenset()) -> list[str]:
+    """A line for each configuration that cannot send until its wait is over or someone
+    acts: backing off after failures, or disabled by failures. Each says what to run.
+    (``errors_shown``: configurations whose last error the caller has printed already.)"""
+    now = now_ms() if now is None else now
+    lines = []
+    for status in statuses:
+        view, name = status.view, status.view.name
+        if view.disabled_by_failure:
+            lines.append(f"{name} is disabled ({view.disabled_reason}); once that is fixed: "
+                         f"meteorpi export enable {name}")
+        elif view.state(now) == "backing off":
+            last = (f" (last error: {view.last_error})"
+                    if view.last_error and name not in errors_shown else "")
+            lines.append(f"{name} is backing off after {view.consecutive_failures} failure(s) "
+                         f"in a row{last}; next attempt {_when(view.next_attempt_at, now)}; to "
+                         f"try now: meteorpi export retry {name}, then meteorpi export run --once")
+    return lines
+
+
+def format_summary(summary: RunSummary, statuses: list[ConfigStatus] | None = None) -> str:
+    """Per target: entities sent, files and bytes uploaded, failures; then, given every
+    configuration's ``statuses``, what needs attention (see :func:`attention`)."""
+    statuses = statuses or []
     if not summary.targets:
-        return "nothing to do: no enabled export configuration"
+        text = "nothing to do: no enabled export configuration"
+        disabled = [status.view.name for status in statuses
+                    if not status.view.configuration.enabled]
+        if disabled:
+            text += (f" ({', '.join(disabled)} disabled; meteorpi export enable NAME "
+                     "enables one again)")
+        return "\n".join([text, *attention(statuses)])
     lines = ["export summary:"]
     width = max(len(name) for name in summary.targets)
     for name, target in summary.targets.items():
@@ -160,4 +189,5 @@ def format_summary(summary: RunSummary) -> str:
         if target.last_error:
             notes.append(f"last error: {target.last_error}")
         lines.append(text + (f" ({'; '.join(notes)})" if notes else ""))
-    return "\n".join(lines)
+    shown = frozenset(name for name, target in summary.targets.items() if target.last_error)
+    return "\n".join(lines + attention(statuses, errors_shown=shown))
