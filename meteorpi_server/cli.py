@@ -528,6 +528,32 @@ def export_run(context: Context, once: bool) -> None:
         sys.exit(1)
 
 
+def _camera_night_progress(total: int):
+    """A bar on a terminal; in a log or a pipe, a line every tenth of the way instead of
+    a bar's redraws."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def progress():
+        if sys.stderr.isatty():
+            with click.progressbar(length=total, label="camera nights", file=sys.stderr) as bar:
+                yield lambda _result: bar.update(1)
+            return
+        done = 0
+        step = max(1, total // 10)
+
+        def report(so_far) -> None:
+            nonlocal done
+            done += 1
+            if done % step == 0 or done == total:
+                click.echo(f"{done}/{total} camera nights: {so_far.events} events, "
+                           f"{so_far.standalone_files} stand-alone files", err=True)
+
+        yield report
+
+    return progress()
+
+
 @main.command("demo-data")
 @click.option("--cameras", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--nights", type=click.IntRange(1), default=1, show_default=True,
@@ -558,9 +584,8 @@ def demo_data(context: Context, cameras: int, nights: int, events_per_night: int
                     files_per_event=files_per_event, standalone_files=standalone_files,
                     file_size=size, first_night=first_night.date() if first_night else None)
     recorder = Recorder(context.database(), FileStore(context.config.file_store))
-    with _export_errors(), click.progressbar(length=cameras * nights, label="camera nights",
-                                             file=sys.stderr) as bar:
-        result = generate(recorder, plan, on_progress=lambda _: bar.update(1))
+    with _export_errors(), _camera_night_progress(cameras * nights) as on_progress:
+        result = generate(recorder, plan, on_progress=on_progress)
     click.echo(f"recorded {result.statuses} statuses, {result.events} events with "
                f"{result.event_files} files, {result.standalone_files} stand-alone files "
                f"({format_bytes(result.bytes)}) in {result.seconds:.1f} s")

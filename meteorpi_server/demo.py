@@ -4,7 +4,8 @@ For each camera and night: a camera status valid from midday (UTC) to the next m
 with small changes night to night (and, every third night, the camera re-aimed at
 midnight, so a night has two statuses); events between 20:00 and 04:00, each with
 several images and meta of every type (string, number, date); and stand-alone files
-(a time-lapse frame) spread over the night. Everything goes through
+(a time-lapse frame) spread over the night. Images are real PNGs (a night sky of noise
+and stars) of the requested size, so they open in any viewer. Everything goes through
 :class:`~meteorpi_server.recording.Recorder`, so the records and the bytes are exactly
 what a camera node would hold. Run again over the same nights, it records new statuses,
 and the Recorder ends each camera's current one where its successor begins, so a camera
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import datetime
 import random
+import math
 import re
+import struct
 import tempfile
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,6 +34,11 @@ from .recording import Recorder
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Ancillary, private, safe-to-copy: viewers skip it. It pads an image to the size asked for.
+PADDING_CHUNK = b"deMo"
+_CHUNK_OVERHEAD = 12  # length, type and CRC
+_MAX_PADDING_CHUNK = 1 << 30  # well under PNG's 2**31 - 1 limit on one chunk
+_MAX_IMAGE = (720, 576)  # the camera's frame size
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 SITES = [("Cambridge school", 52.2, 0.12), ("Kielder observatory", 55.23, -2.59),
@@ -113,6 +122,97 @@ class _Camera:
         self.software_version += 1
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+_NOISE_TABLES: dict[int, bytes] = {}
+
+
+def _noise_table(level: int) -> bytes:
+    """Maps random bytes to ``level`` plus a little noise (0 to 15)."""
+    table = _NOISE_TABLES.get(level)
+    if table is None:
+        table = _NOISE_TABLES[level] = bytes(min(255, level + (value & 15)) for value in range(256))
+    return table
+
+
+def _sky_png(rng: random.Random, width: int, height: int) -> bytes:
+    """A grey night sky, brighter towards the horizon, with stars and a meteor's streak:
+    a complete PNG file."""
+    pixels = bytearray()
+    for row in range(height):
+        pixels += b"\0"  # filter type: none
+        pixels += rng.randbytes(width).translate(_noise_table(8 + 48 * row // max(1, height - 1)))
+    stride = width + 1
+    for _ in range(max(1, width * height // 1500)):
+        pixels[rng.randrange(height) * stride + 1 + rng.randrange(width)] = rng.randrange(140, 256)
+    x, y = rng.uniform(0, width - 1), rng.uniform(0, height - 1)
+    angle, length = rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.4) * width
+    for step in range(int(length)):
+        px, py = int(x + step * math.cos(angle)), int(y + step * math.sin(angle))
+        if 0 <= px < width and 0 <= py < height:
+            pixels[py * stride + 1 + px] = 255 - int(80 * step / max(1, length))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    # Noise has no repeats to find: Huffman coding alone packs it as well, and faster.
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_HUFFMAN_ONLY)
+    data = deflate.compress(pixels) + deflate.flush()
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data)
+
+
+class PngMaker:
+    """Writes PNG images of a given size: as large an image as fits, then a padding chunk
+    that makes up the rest exactly (images smaller than the smallest PNG are bigger)."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self._scale: dict[int, float] = {}  # per size: pixels per byte that fitted last time
+
+    def write(self, path: Path, size: int) -> int:
+        """Write an image of ``size`` bytes to ``path`` and return its size: exactly
+        ``size`` from 79 bytes on; below that, the smallest PNG (67 bytes)."""
+        end = _chunk(b"IEND", b"")
+        budget = size - len(end) - _CHUNK_OVERHEAD
+        image = self._image(budget)
+        padding = size - len(image) - len(end)
+        with open(path, "wb") as out:
+            out.write(image)
+            written = len(image)
+            while padding >= _CHUNK_OVERHEAD:
+                length = min(padding - _CHUNK_OVERHEAD, _MAX_PADDING_CHUNK)
+                if 0 < padding - length - _CHUNK_OVERHEAD < _CHUNK_OVERHEAD:
+                    length -= _CHUNK_OVERHEAD  # leave room for one more whole chunk
+                written += self._write_padding(out, length)
+                padding -= length + _CHUNK_OVERHEAD
+            out.write(end)
+        return written + len(end)
+
+    def _image(self, budget: int) -> bytes:
+        # Noise compresses to a little more than half a byte a pixel; shrink until it fits.
+        pixels_per_byte = self._scale.get(budget, 1.6)
+        while True:
+            pixels = max(1.0, budget * pixels_per_byte)
+            width = max(1, min(_MAX_IMAGE[0], int(math.sqrt(pixels * 5 / 4))))
+            height = max(1, min(_MAX_IMAGE[1], int(pixels / width)))
+            image = _sky_png(self.rng, width, height)
+            if len(image) <= budget or width * height == 1:
+                self._scale[budget] = pixels_per_byte
+                return image
+            pixels_per_byte *= 0.9 * budget / len(image)
+
+    def _write_padding(self, out, length: int) -> int:
+        out.write(struct.pack(">I", length) + PADDING_CHUNK)
+        crc = zlib.crc32(PADDING_CHUNK)
+        left = length
+        while left:
+            piece = self.rng.randbytes(min(left, 1 << 20))
+            crc = zlib.crc32(piece, crc)
+            out.write(piece)
+            left -= len(piece)
+        out.write(struct.pack(">I", crc))
+        return length + _CHUNK_OVERHEAD
+
+
 def _uuid(rng: random.Random) -> uuid.UUID:
     return uuid.UUID(int=rng.getrandbits(128), version=4)
 
@@ -127,6 +227,7 @@ class DemoData:
         self.rng = rng or random.Random()
         self.on_progress = on_progress
         self.result = DemoResult()
+        self.images = PngMaker(self.rng)
 
     def generate(self) -> DemoResult:
         started = time.monotonic()
@@ -172,32 +273,35 @@ class DemoData:
             time_ms = dusk + (index + 1) * (dawn - dusk) // (self.plan.standalone_files + 1)
             self._standalone(camera, status_at(time_ms), time_ms, scratch)
 
-    def _image(self, scratch: Path, file_id: uuid.UUID) -> Path:
-        size = self.plan.file_size
-        data = (PNG_SIGNATURE + self.rng.randbytes(max(0, size - len(PNG_SIGNATURE))))[:size]
+    def _image(self, scratch: Path, file_id: uuid.UUID) -> tuple[Path, int]:
         path = scratch / file_id.hex
-        path.write_bytes(data)
+        size = self.images.write(path, self.plan.file_size)
         self.result.bytes += size
-        return path
+        return path, size
 
     def _file(self, status: CameraStatus, time_ms: int, semantic: str, name: str,
-              meta: list[Meta]) -> FileRecord:
-        return FileRecord(
-            file_id=_uuid(self.rng), camera_id=status.camera_id, mime_type="image/png",
+              meta: list[Meta], scratch: Path) -> tuple[FileRecord, Path]:
+        file_id = _uuid(self.rng)
+        path, size = self._image(scratch, file_id)
+        record = FileRecord(
+            file_id=file_id, camera_id=status.camera_id, mime_type="image/png",
             semantic_type=NSString.parse(semantic), file_time=time_ms,
-            file_size=self.plan.file_size, status_id=status.status_id, file_name=name, meta=meta)
+            file_size=size, status_id=status.status_id, file_name=name, meta=meta)
+        return record, path
 
     def _event(self, camera: _Camera, status: CameraStatus, time_ms: int, scratch: Path) -> None:
         duration = round(self.rng.uniform(0.2, 3.0), 3)
         brightness = round(self.rng.uniform(0.5, 250.0), 2)
         kinds = ["meteorpi:triggers/event/maxBrightness", "meteorpi:triggers/event/time-average",
                  "meteorpi:triggers/event/previous-frame", "meteorpi:triggers/event/thumbnail"]
-        files = [self._file(status, time_ms + index, kinds[index % len(kinds)],
-                            f"event_{index}.png",
-                            [Meta.number("meteorpi:gain", self.rng.choice([1, 2, 4])),
-                             Meta.string("meteorpi:processing", "lens-corrected"),
-                             Meta.date("meteorpi:exposure_start", time_ms + index)])
-                 for index in range(self.plan.files_per_event)]
+        made = [self._file(status, time_ms + index, kinds[index % len(kinds)],
+                           f"event_{index}.png",
+                           [Meta.number("meteorpi:gain", self.rng.choice([1, 2, 4])),
+                            Meta.string("meteorpi:processing", "lens-corrected"),
+                            Meta.date("meteorpi:exposure_start", time_ms + index)], scratch)
+                for index in range(self.plan.files_per_event)]
+        files = [record for record, _ in made]
+        paths = {record.file_id: path for record, path in made}
         event = Event(
             event_id=_uuid(self.rng), camera_id=camera.camera_id, event_time=time_ms,
             event_type=NSString.parse("meteorpi:meteor"), status_id=status.status_id, files=files,
@@ -207,7 +311,6 @@ class DemoData:
                   Meta.date("meteorpi:peak_time", time_ms + int(duration * 500)),
                   Meta.string("meteorpi:classification",
                               self.rng.choice(["sporadic", "Perseid", "Geminid", "plane", "bird"]))])
-        paths = {record.file_id: self._image(scratch, record.file_id) for record in files}
         self.recorder.record_event(event, paths)
         for path in paths.values():
             path.unlink()
@@ -215,12 +318,11 @@ class DemoData:
         self.result.event_files += len(files)
 
     def _standalone(self, camera: _Camera, status: CameraStatus, time_ms: int, scratch: Path) -> None:
-        record = self._file(status, time_ms, "meteorpi:timelapse/frame/lens-corrected",
-                            "timelapse.png",
-                            [Meta.number("meteorpi:sky_clarity", round(self.rng.uniform(0, 100), 1)),
-                             Meta.string("meteorpi:weather", self.rng.choice(["clear", "cloudy", "haze"])),
-                             Meta.date("meteorpi:exposure_start", time_ms)])
-        path = self._image(scratch, record.file_id)
+        record, path = self._file(
+            status, time_ms, "meteorpi:timelapse/frame/lens-corrected", "timelapse.png",
+            [Meta.number("meteorpi:sky_clarity", round(self.rng.uniform(0, 100), 1)),
+             Meta.string("meteorpi:weather", self.rng.choice(["clear", "cloudy", "haze"])),
+             Meta.date("meteorpi:exposure_start", time_ms)], scratch)
         self.recorder.record_file(record, path)
         path.unlink()
         self.result.standalone_files += 1

@@ -1,6 +1,10 @@
 """``meteorpi demo-data`` and the Recorder it writes through, as a camera node would."""
 from __future__ import annotations
 
+import random
+import struct
+import zlib
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -10,7 +14,7 @@ import factories
 from meteorpi_model import md5_bytes
 from meteorpi_server import store
 from meteorpi_server.cli import main
-from meteorpi_server.demo import parse_size
+from meteorpi_server.demo import PngMaker, parse_size
 from meteorpi_server.orm import CameraStatusRow, EventMetaRow, EventRow, FileMetaRow, FileRecordRow
 from meteorpi_server.recording import Recorder, RecordingError
 
@@ -84,7 +88,89 @@ def test_the_file_bytes_are_stored_and_verified(config_file, services):
     for record in records:
         data = services.files.path_for(record.file_id).read_bytes()
         assert len(data) == 5000 and md5_bytes(data) == record.md5
-        assert data.startswith(b"\x89PNG")
+        width, height = png_dimensions(data)
+        assert width * height > 1, "a picture, not just padding"
+
+
+def png_dimensions(data: bytes) -> tuple[int, int]:
+    """Check ``data`` is a whole, valid 8-bit greyscale PNG as a viewer reads it: signature,
+    chunks with good CRCs, IHDR first, IEND last, and image data that inflates to exactly
+    the rows the header promises. Returns (width, height)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    position, chunks = 8, []
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        body = data[position + 8:position + 8 + length]
+        (crc,) = struct.unpack(">I", data[position + 8 + length:position + 12 + length])
+        assert len(body) == length and crc == zlib.crc32(kind + body), f"bad {kind} chunk"
+        chunks.append((kind, body))
+        position += 12 + length
+    assert position == len(data)
+    kinds = [kind for kind, _ in chunks]
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
+    assert all(kind[0:1].islower() for kind in kinds if kind not in (b"IHDR", b"IDAT", b"IEND")), \
+        "every other chunk is ancillary, so viewers skip it"
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    assert (depth, colour, interlace) == (8, 0, 0)
+    pixels = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    assert len(pixels) == height * (width + 1)
+    assert all(pixels[row * (width + 1)] == 0 for row in range(height)), "filter type none"
+    return width, height
+
+
+@pytest.mark.parametrize("size", [79, 100, 500, 3000, 64 * 1024, 300 * 1024, 3 * 1024 ** 2])
+def test_demo_images_are_valid_pngs_of_the_size_asked_for(tmp_path, size):
+    path = tmp_path / "image.png"
+    assert PngMaker(random.Random(size)).write(path, size) == size
+    data = path.read_bytes()
+    assert len(data) == size
+    png_dimensions(data)
+
+
+@pytest.mark.parametrize("size", [0, 1, 50, 78])
+def test_a_size_below_the_smallest_png_gives_the_smallest_png(tmp_path, size):
+    path = tmp_path / "image.png"
+    assert PngMaker(random.Random(1)).write(path, size) == 67
+    assert png_dimensions(path.read_bytes()) == (1, 1)
+
+
+def test_demo_images_differ_from_each_other(tmp_path):
+    maker = PngMaker(random.Random(3))
+    contents = set()
+    for index in range(5):
+        maker.write(tmp_path / f"{index}.png", 2000)
+        contents.add((tmp_path / f"{index}.png").read_bytes())
+    assert len(contents) == 5
+
+
+def test_without_a_terminal_progress_is_a_few_lines_not_a_bar(config_file):
+    result = CliRunner().invoke(main, ["--config", str(config_file), "demo-data", "--cameras", "2",
+                                       "--nights", "2", "--events-per-night", "1",
+                                       "--file-size", "100", "--first-night", "2026-11-01"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[:4] == [f"{done}/4 camera nights: {done} events, {2 * done} stand-alone files"
+                         for done in range(1, 5)]
+    assert lines[4].startswith("recorded 4 statuses") and len(lines) == 5
+
+
+def test_demo_data_for_earlier_nights_leaves_each_camera_one_current_status(config_file, services):
+    def run(first_night):
+        arguments = ["--config", str(config_file), "demo-data", "--cameras", "2", "--nights", "4",
+                     "--events-per-night", "1", "--standalone-files", "0", "--file-size", "100",
+                     "--first-night", first_night]
+        assert CliRunner().invoke(main, arguments).exit_code == 0
+
+    run("2026-11-10")
+    run("2026-11-01")  # all before what is there already
+    run("2026-11-08")  # overlapping its end
+    with services.database.read() as session:
+        statuses = [store.status_from_row(row) for row in session.scalars(select(CameraStatusRow))]
+    for camera_id in ("demo-cam-1", "demo-cam-2"):
+        mine = [status for status in statuses if status.camera_id == camera_id]
+        current = [status for status in mine if status.valid_to is None]
+        assert len(current) == 1
+        assert current[0].valid_from == max(status.valid_from for status in mine)
 
 
 @pytest.mark.parametrize("text, size", [("2048", 2048), ("64k", 65536), ("64KiB", 65536),
