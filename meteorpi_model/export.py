@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -50,7 +50,8 @@ class ExportConfiguration:
     name: str
     target_url: str
     user_id: str
-    password: str
+    # Out of repr, so a log line or traceback that shows a configuration never shows it.
+    password: str = field(repr=False)
     search: EventSearch | FileSearch
     enabled: bool = True
     description: str = ""

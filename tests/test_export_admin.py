@@ -325,3 +325,13 @@ def test_a_configuration_an_administrator_disabled_is_nothing_to_worry_about(con
     assert result.exit_code == 0, result.output
     assert result.output == ("nothing to do: no enabled export configuration (central disabled; "
                              "meteorpi export enable NAME enables one again)\n")
+
+
+def test_the_password_stays_out_of_reprs(config_file, services):
+    # A configuration or its view may end up in a log line, a traceback or a debugger.
+    assert add(config_file, "central", "--events").exit_code == 0
+    view = stored(services)
+    assert view.configuration.password == SECRET
+    assert SECRET not in repr(view.configuration) and SECRET not in str(view.configuration)
+    assert SECRET not in repr(view)
+    assert "user_id='node-7'" in repr(view.configuration)
