@@ -130,3 +130,89 @@ def test_a_public_server_serves_files_to_anyone_and_lets_caches_share_them(setti
     assert response.status_code == 200 and response.data == dataset.contents[record.file_id]
     assert response.cache_control.public and response.cache_control.immutable
     app.extensions["meteorpi"].database.dispose()
+
+
+def test_if_range_with_the_current_etag_resumes(client, reader, stored_file):
+    record, data = stored_file
+    response = client.get(f"/files/content/{record.file_id.hex}", auth=reader,
+                          headers={"Range": "bytes=10-", "If-Range": f'"{record.md5}"'})
+    assert response.status_code == 206 and response.data == data[10:]
+
+
+def test_a_suffix_range_gives_the_last_bytes(client, reader, stored_file):
+    record, data = stored_file
+    response = client.get(f"/files/content/{record.file_id.hex}", auth=reader,
+                          headers={"Range": "bytes=-500"})
+    assert response.status_code == 206 and response.data == data[-500:]
+    assert response.headers["Content-Range"] == f"bytes {SIZE - 500}-{SIZE - 1}/{SIZE}"
+
+
+def test_an_open_range_gives_the_rest_of_the_file(client, reader, stored_file):
+    record, data = stored_file
+    response = client.get(f"/files/content/{record.file_id.hex}", auth=reader,
+                          headers={"Range": "bytes=500-"})
+    assert response.status_code == 206 and response.data == data[500:]
+
+
+@pytest.mark.parametrize("wanted", ["bytes=0-9,20-29", "items=0-5", "bytes=ten-twenty"],
+                         ids=["several-ranges", "unknown-unit", "bad-syntax"])
+def test_a_range_this_server_does_not_serve_is_ignored(client, reader, stored_file, wanted):
+    record, data = stored_file
+    response = client.get(f"/files/content/{record.file_id.hex}", auth=reader,
+                          headers={"Range": wanted})
+    assert response.status_code == 200 and response.data == data
+
+
+@pytest.mark.parametrize("headers", [
+    {"If-Match": '"nope"'},
+    {"If-Match": '"nope"', "Range": "bytes=0-9"},
+    {"If-Unmodified-Since": "Mon, 01 Jan 1990 00:00:00 GMT"},
+], ids=["if-match", "if-match-with-range", "if-unmodified-since"])
+def test_a_failed_precondition_is_a_bare_412(client, reader, stored_file, headers):
+    record, _ = stored_file
+    response = client.get(f"/files/content/{record.file_id.hex}", auth=reader, headers=headers)
+    assert response.status_code == 412
+    assert response.get_json()["error"] == "precondition_failed"
+
+
+@pytest.mark.parametrize("headers", [
+    lambda record: {"If-Match": f'"{record.md5}"'},
+    lambda record: {"If-Match": "*"},
+    lambda record: {"If-Unmodified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"},
+    lambda record: {"If-Match": f'"{record.md5}"',  # If-Match wins over the date
+                    "If-Unmodified-Since": "Mon, 01 Jan 1990 00:00:00 GMT"},
+], ids=["if-match", "if-match-any", "if-unmodified-since", "if-match-first"])
+def test_a_precondition_that_holds_sends_the_file(client, reader, stored_file, headers):
+    record, data = stored_file
+    response = client.get(f"/files/content/{record.file_id.hex}", auth=reader,
+                          headers=headers(record))
+    assert response.status_code == 200 and response.data == data
+
+
+def test_a_matching_if_none_match_is_a_304_even_with_a_range(client, reader, stored_file):
+    record, _ = stored_file
+    response = client.get(f"/files/content/{record.file_id.hex}", auth=reader,
+                          headers={"If-None-Match": f'"{record.md5}"', "Range": "bytes=0-9"})
+    assert response.status_code == 304 and response.data == b""
+
+
+@pytest.mark.parametrize("name, disposition", [
+    ("a%0Ab.mp4", "inline; filename=ab.mp4"),
+    ("a%0D%0AX-Injected:%201.mp4", "inline; filename=\"aX-Injected: 1.mp4\""),
+    ("%E6%B5%81%E6%98%9F.mp4",
+     "inline; filename=.mp4; filename*=UTF-8''%E6%B5%81%E6%98%9F.mp4"),
+    ('say%20%22hi%22.mp4', 'inline; filename="say \\"hi\\".mp4"'),
+], ids=["newline", "header-injection", "unicode", "quotes"])
+def test_the_suggested_name_is_a_safe_content_disposition(client, reader, stored_file, name,
+                                                          disposition):
+    record, _ = stored_file
+    response = client.get(f"/files/content/{record.file_id.hex}/{name}", auth=reader)
+    assert response.status_code == 200
+    assert response.headers["Content-Disposition"] == disposition
+    assert "X-Injected" not in response.headers
+
+
+def test_a_name_of_control_characters_only_falls_back_to_the_files_own(client, reader, stored_file):
+    record, _ = stored_file
+    response = client.get(f"/files/content/{record.file_id.hex}/%0D%0A", auth=reader)
+    assert response.headers["Content-Disposition"] == f"inline; filename={record.file_name}"

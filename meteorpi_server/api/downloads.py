@@ -1,7 +1,12 @@
 """GET /files/content/<file_id>[/<file_name>]: a stored file's bytes, resumable by Range."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, send_file
+import unicodedata
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app, request
+from werkzeug.http import is_resource_modified, parse_date, parse_etags, parse_range_header
+from werkzeug.utils import send_file
 
 from meteorpi_model import ValidationError, parse_id
 
@@ -22,8 +27,10 @@ CACHE_SECONDS = 365 * 24 * 3600
 def file_content(file_id: str, file_name: str | None = None):
     """Stream one file with its type, length, ETag (its md5) and suggested name.
 
-    Single Range requests (206, or 416 when unsatisfiable) and conditional requests
-    (If-None-Match, If-Modified-Since, If-Range) let a consumer resume at its own pace.
+    Conditional requests are answered in RFC 9110's order: If-Match, If-Unmodified-Since
+    (412 when they fail), If-None-Match, If-Modified-Since (304), then If-Range and a
+    single byte Range (206, or 416 when unsatisfiable). A Range this server does not
+    serve (several ranges, another unit, bad syntax) is ignored: the whole file, 200.
     """
     services = current_app.extensions["meteorpi"]
     try:
@@ -35,11 +42,48 @@ def file_content(file_id: str, file_name: str | None = None):
     path = services.files.path_for(file_id)
     if record is None or not path.is_file():
         raise ApiError(404, f"this server holds no file {file_id.hex}", "not_found")
+    etag = record.md5 or file_id.hex
+    last_modified = datetime.fromtimestamp(record.file_time // 1000, timezone.utc)
+    environ = _environ_for_send_file(etag, last_modified)
     response = send_file(
-        path, mimetype=record.mime_type, conditional=True, etag=record.md5 or file_id.hex,
-        last_modified=record.file_time / 1000,
-        download_name=file_name or record.file_name or file_id.hex, max_age=CACHE_SECONDS)
+        path, environ, mimetype=record.mime_type, conditional=True, etag=etag,
+        last_modified=last_modified, max_age=CACHE_SECONDS,
+        download_name=_suggested_name(file_name) or record.file_name or file_id.hex,
+        use_x_sendfile=current_app.config["USE_X_SENDFILE"],
+        response_class=current_app.response_class)
     response.cache_control.public = services.config.read_access == "public"
     response.cache_control.private = not response.cache_control.public
     response.cache_control.immutable = True
     return response
+
+
+def _suggested_name(name: str | None) -> str | None:
+    """The name from the URL without control characters, which no header may carry."""
+    if name is None:
+        return None
+    return "".join(char for char in name if unicodedata.category(char) != "Cc") or None
+
+
+def _environ_for_send_file(etag: str, last_modified: datetime) -> dict:
+    """The request's environ with what werkzeug's send_file would get wrong settled here.
+
+    werkzeug sends a failed If-Match as a 412 with the whole file as its body, ignores
+    If-Unmodified-Since, lets a Range win over a matching If-None-Match, and answers 416
+    to a Range it cannot serve; RFC 9110 says to ignore such a Range.
+    """
+    environ = dict(request.environ)
+    if_match = environ.pop("HTTP_IF_MATCH", None)
+    if_unmodified_since = environ.pop("HTTP_IF_UNMODIFIED_SINCE", None)
+    if if_match is not None:
+        if not parse_etags(if_match).contains(etag):  # strong comparison; '*' matches
+            raise ApiError(412, f"If-Match: the file's ETag is \"{etag}\"", "precondition_failed")
+    elif (since := parse_date(if_unmodified_since)) is not None and last_modified > since:
+        raise ApiError(412, "If-Unmodified-Since: the file is newer than that",
+                       "precondition_failed")
+    if "HTTP_RANGE" in environ:
+        wanted = parse_range_header(environ["HTTP_RANGE"])
+        # If-Match is gone from environ, so this weighs If-None-Match, If-Modified-Since.
+        not_modified = not is_resource_modified(environ, etag=etag, last_modified=last_modified)
+        if not_modified or wanted is None or wanted.units != "bytes" or len(wanted.ranges) != 1:
+            del environ["HTTP_RANGE"]
+    return environ
