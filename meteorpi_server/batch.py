@@ -75,29 +75,33 @@ def _result(entity_type: str, entity_id: str, state: str, **fields) -> dict:
 class PlannedEntity:
     entity_type: str
     entity_id: uuid.UUID
-    status_id: uuid.UUID
+    status_ids: tuple[uuid.UUID, ...]  # its own, then those its files name
     files: tuple[tuple[uuid.UUID, str], ...]
 
     @classmethod
     def parse(cls, entry: Any, path: str) -> PlannedEntity:
         if not isinstance(entry, dict):
             raise ValidationError(path, "must be an object")
-        entity_type = entry.get("type")
-        if entity_type not in ENTITY_TYPES:
-            raise ValidationError(f"{path}.type", "must be 'event' or 'file'")
+        entity_type = _entity_type(entry, path)
         entity_id = parse_id(entry.get("id"), f"{path}.id")
-        status_id = parse_id(entry.get("status_id"), f"{path}.status_id")
+        status_ids = [parse_id(entry.get("status_id"), f"{path}.status_id")]
         if entity_type == "file":
             files = ((entity_id, parse_md5(entry.get("md5"), f"{path}.md5")),)
         else:
             listed = entry.get("files", [])
             if not isinstance(listed, list):
                 raise ValidationError(f"{path}.files", "must be a list")
-            files = tuple((parse_id(item.get("file_id") if isinstance(item, dict) else None,
-                                    f"{path}.files[{index}].file_id"),
-                           parse_md5(item.get("md5"), f"{path}.files[{index}].md5"))
-                          for index, item in enumerate(listed))
-        return cls(entity_type, entity_id, status_id, files)
+            files = []
+            for index, item in enumerate(listed):
+                item_path = f"{path}.files[{index}]"
+                if not isinstance(item, dict):
+                    raise ValidationError(item_path, "must be an object")
+                files.append((parse_id(item.get("file_id"), f"{item_path}.file_id"),
+                              parse_md5(item.get("md5"), f"{item_path}.md5")))
+                # Optional: a file made under another status than its event's.
+                if item.get("status_id") is not None:
+                    status_ids.append(parse_id(item.get("status_id"), f"{item_path}.status_id"))
+        return cls(entity_type, entity_id, tuple(dict.fromkeys(status_ids)), tuple(files))
 
 
 class BatchImporter:
@@ -118,23 +122,25 @@ class BatchImporter:
 
     def plan(self, document: Any) -> dict:
         """Which of the listed entities are stored, and what the rest still need."""
-        results, planned = [], []
+        results: list[dict | PlannedEntity] = []
         for index, entry in enumerate(_entries(document, "entities", self.max_entities)):
             try:
-                planned.append(PlannedEntity.parse(entry, f"entities[{index}]"))
+                results.append(PlannedEntity.parse(entry, f"entities[{index}]"))
             except ValidationError as error:
                 results.append(_result(_text(entry, "type"), _text(entry, "id"), "invalid",
                                        message=str(error), field=error.path))
+        planned = [entity for entity in results if isinstance(entity, PlannedEntity)]
         with self.database.read() as session:
             stored = _stored_ids(session, [(entity.entity_type, entity.entity_id)
                                            for entity in planned])
             waiting = [entity for entity in planned if entity.entity_id not in stored]
-            statuses = store.missing_statuses(session, [entity.status_id for entity in waiting])
+            statuses = store.missing_statuses(
+                session, [status_id for entity in waiting for status_id in entity.status_ids])
             wanted_files = {file_id: md5 for entity in waiting for file_id, md5 in entity.files}
             held = store.blob_md5s(session, wanted_files)
-        for entity in planned:
-            state = "stored" if entity.entity_id in stored else "missing"
-            results.append(_result(entity.entity_type, entity.entity_id.hex, state))
+        results = [_result(entity.entity_type, entity.entity_id.hex,
+                           "stored" if entity.entity_id in stored else "missing")
+                   if isinstance(entity, PlannedEntity) else entity for entity in results]
         files = []
         for file_id, md5 in wanted_files.items():
             if held.get(file_id) == md5:
@@ -149,29 +155,29 @@ class BatchImporter:
 
     def store_statuses(self, document: Any, source: store.Source) -> dict:
         """Store each new status; a status already held is simply 'stored'."""
-        results = []
-        parsed = []
+        results: list[dict | CameraStatus] = []
         for index, entry in enumerate(_entries(document, "statuses", self.max_entities)):
             try:
-                parsed.append(CameraStatus.from_dict(entry, f"statuses[{index}]"))
+                results.append(CameraStatus.from_dict(entry, f"statuses[{index}]"))
             except ValidationError as error:
                 results.append(_result("status", _text(entry, "status_id"), "invalid",
                                        message=str(error), field=error.path))
+        parsed = {status.status_id: status for status in results if isinstance(status, CameraStatus)}
         with self.database.write() as session:
-            new = set(store.missing_statuses(session, [status.status_id for status in parsed]))
-            for status in parsed:
-                if status.status_id in new:
-                    new.discard(status.status_id)  # the same status twice in one batch
-                    try:
-                        with session.begin_nested():
-                            store.insert_status(session, status, source)
-                    except IntegrityError:
-                        # Another exporter (the node's other configuration, say) stored it
-                        # since we looked: it is stored, once. Anything else is a real error.
-                        if not store.has_status(session, status.status_id):
-                            raise
-                results.append(_result("status", status.status_id.hex, "stored"))
-        return {"results": results}
+            # In id order, whatever the request's: two exporters sending the same statuses
+            # in different orders would otherwise wait for each other's rows for ever.
+            for status_id in sorted(store.missing_statuses(session, parsed)):
+                try:
+                    with session.begin_nested():
+                        store.insert_status(session, parsed[status_id], source)
+                except IntegrityError:
+                    # Another exporter (the node's other configuration, say) stored it
+                    # since we looked: it is stored, once. Anything else is a real error.
+                    if not store.has_status(session, status_id):
+                        raise
+        return {"results": [_result("status", status.status_id.hex, "stored")
+                            if isinstance(status, CameraStatus) else status
+                            for status in results]}
 
     # File bytes in bundles ---------------------------------------------------------
 
@@ -358,10 +364,15 @@ def _entity_id_text(entry: Any) -> str:
 def _parse_record(entry: Any, path: str) -> Event | FileRecord:
     if not isinstance(entry, dict):
         raise ValidationError(path, "must be an object")
-    entity_type = entry.get("type")
-    if entity_type not in ENTITY_TYPES:
-        raise ValidationError(f"{path}.type", "must be 'event' or 'file'")
+    entity_type = _entity_type(entry, path)
     return ENTITY_TYPES[entity_type].from_dict(entry.get(entity_type), f"{path}.{entity_type}")
+
+
+def _entity_type(entry: dict, path: str) -> str:
+    entity_type = entry.get("type")
+    if not isinstance(entity_type, str) or entity_type not in ENTITY_TYPES:
+        raise ValidationError(f"{path}.type", "must be 'event' or 'file'")
+    return entity_type
 
 
 def _is_stored(session: Session, entity: Event | FileRecord) -> bool:

@@ -45,16 +45,20 @@ def server_id(session: Session) -> uuid.UUID:
 
 def upsert(session: Session, table, values: dict | list[dict], key: Sequence[str],
            update_columns: Sequence[str]):
-    """INSERT, or UPDATE ``update_columns`` when a row with the same ``key`` exists.
+    """INSERT, or UPDATE ``update_columns`` when a row with the same ``key`` exists
+    (nothing, when there are none).
 
     ``values`` is one row, or a list of rows sent as one executemany.
     """
     dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
     statement = insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=list(key),
-        set_={column: getattr(statement.excluded, column) for column in update_columns})
+    if update_columns:
+        statement = statement.on_conflict_do_update(
+            index_elements=list(key),
+            set_={column: getattr(statement.excluded, column) for column in update_columns})
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=list(key))
     if isinstance(values, dict):
         session.execute(statement.values(**values))
     elif values:
@@ -224,10 +228,14 @@ def note_upload_failure(session: Session, file_id: uuid.UUID, md5: str,
     """Count a failed upload of ``file_id``. Failures before ``window_start_ms`` no longer
     count (see :func:`recent_upload_failures`), so a failure after them starts afresh."""
     now = now_ms()
-    row = session.get(UploadFailureRow, file_id, with_for_update=True)
-    if row is None:
-        session.add(UploadFailureRow(file_id=file_id, attempts=1, first_failed_at=now,
-                                     last_failed_at=now, last_md5=md5))
+    # The row is made first if need be, so that two failures at once both lock it and
+    # count, rather than both inserting it.
+    upsert(session, UploadFailureRow, dict(file_id=file_id, attempts=0, first_failed_at=now,
+                                           last_failed_at=now, last_md5=md5),
+           key=["file_id"], update_columns=[])
+    row = session.get(UploadFailureRow, file_id, with_for_update=True, populate_existing=True)
+    if row.attempts == 0:
+        row.attempts = 1
     elif row.last_failed_at < window_start_ms:
         row.attempts, row.first_failed_at, row.last_failed_at, row.last_md5 = 1, now, now, md5
     else:
@@ -403,8 +411,12 @@ def insert_records(session: Session, records: Sequence[Event | FileRecord],
     IntegrityError, and nothing of the call is then stored.
     """
     received_at = now_ms()
-    events = [record for record in records if isinstance(record, Event)]
-    standalone = [record for record in records if isinstance(record, FileRecord)]
+    # In id order: two batches holding the same records in different orders would
+    # otherwise each wait on a key the other inserted (a deadlock on PostgreSQL).
+    events = sorted((record for record in records if isinstance(record, Event)),
+                    key=lambda event: event.event_id)
+    standalone = sorted((record for record in records if isinstance(record, FileRecord)),
+                        key=lambda record: record.file_id)
     files = [_file_values(record, source, received_at, event.event_id, position)
              for event in events for position, record in enumerate(event.files)]
     files += [_file_values(record, source, received_at) for record in standalone]

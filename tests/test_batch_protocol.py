@@ -355,3 +355,66 @@ def test_a_status_stored_by_another_exporter_meanwhile_is_stored_once(batch, cam
         {"type": "status", "id": camera.status_id.hex, "state": "stored"}]
     monkeypatch.undo()
     assert stored(services)["statuses"] == 1
+
+
+@pytest.mark.parametrize("operation", ["plan", "records"])
+@pytest.mark.parametrize("bad_type", [["event"], {"event": 1}, 7, None])
+def test_an_entity_whose_type_is_not_a_name_is_invalid_alone(batch, camera, dataset, services,
+                                                             operation, bad_type):
+    event = dataset.add_event(camera, file_count=0)
+    batch.statuses(camera)
+    good = (plan_entry(event) if operation == "plan"
+            else {"type": "event", "event": event.to_dict()})
+    reply = batch.post(operation, {"entities": [good, {"type": bad_type, "id": event.event_id.hex}]})
+    results = reply["entities"] if operation == "plan" else reply["results"]
+    assert [result["state"] for result in results] == [
+        "missing" if operation == "plan" else "complete", "invalid"]
+    assert results[1]["field"] == "entities[1].type"
+
+
+def test_results_come_in_the_order_of_the_request(batch, camera, dataset):
+    event = dataset.add_event(camera, file_count=0)
+    plan = batch.post("plan", {"entities": [plan_entry(event), {"type": "event"}]})
+    assert [result["state"] for result in plan["entities"]] == ["missing", "invalid"]
+    other = factories.status(camera_id="cam-2")
+    statuses = batch.post("statuses", {"statuses": [camera.to_dict(), {"camera_id": "x"},
+                                                    other.to_dict()]})
+    assert [(result["id"], result["state"]) for result in statuses["results"]] == [
+        (camera.status_id.hex, "stored"), ("", "invalid"), (other.status_id.hex, "stored")]
+
+
+def test_a_plan_asks_for_the_status_a_file_was_made_under(batch, camera, dataset):
+    later = factories.status(valid_from=factories.NIGHT + 500)
+    event = dataset.add_event(camera, file_count=1)
+    entry = plan_entry(event)
+    entry["files"][0]["status_id"] = later.status_id.hex
+    batch.statuses(camera)
+    assert batch.post("plan", {"entities": [entry]})["need_statuses"] == [later.status_id.hex]
+
+
+@pytest.mark.slow
+def test_exporters_sending_the_same_records_in_opposite_orders_never_fail(
+        live_server, exporter_auth, camera, dataset, services):
+    """On PostgreSQL, rows inserted in request order made such batches deadlock (a 500)."""
+    import concurrent.futures
+
+    statuses = [factories.status(camera_id=f"cam-{index}") for index in range(30)]
+    events = [dataset.add_event(status, file_count=0) for status in statuses]
+
+    def post(operation, document):
+        response = requests.post(f"{live_server}/import/batch/{operation}", json=document,
+                                 auth=exporter_auth, timeout=60)
+        return response.status_code
+
+    for round_ in range(3):
+        ordered = statuses[round_ * 10:(round_ + 1) * 10]
+        documents = [{"statuses": [status.to_dict() for status in order]}
+                     for order in (ordered, ordered[::-1])]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(post, ["statuses"] * 2, documents)) == [200, 200]
+        mine = [event for event in events if event.status_id in {s.status_id for s in ordered}]
+        documents = [{"entities": [{"type": "event", "event": event.to_dict()} for event in order]}
+                     for order in (mine, mine[::-1])]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(post, ["records"] * 2, documents)) == [200, 200]
+    assert stored(services)["events"] == 30 and stored(services)["statuses"] == 30

@@ -145,3 +145,28 @@ def test_a_record_without_an_md5_needs_bytes_of_its_size(node, camera, dataset):
     assert node.send(record) == {"state": "need_file_data", "file_id": record.file_id.hex}
     node.upload(record.file_id, dataset.contents[record.file_id])
     assert node.send(record) == {"state": "complete"}
+
+
+def test_failed_uploads_of_one_file_at_once_are_all_counted(camera, dataset, services):
+    record = dataset.add_file(camera)
+    uploads = 6
+    start = threading.Barrier(uploads, timeout=10)
+    errors = []
+
+    def upload_wrong_bytes(index):
+        wrong = f"not the bytes, try {index}".encode()
+        start.wait()
+        try:
+            services.receiver.receive_file_data(record.file_id, md5_bytes(b"claimed"),
+                                                io.BytesIO(wrong), f"node-{index}")
+        except Exception as error:  # noqa: BLE001 - what the test is looking for
+            errors.append(error)
+
+    threads = [threading.Thread(target=upload_wrong_bytes, args=(index,)) for index in range(uploads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    with services.database.read() as session:
+        assert store.recent_upload_failures(session, record.file_id, 0) == uploads
