@@ -49,8 +49,8 @@ def source(make_node):
 @pytest.mark.parametrize("mode, reason", [
     ("garbage", "unexpected reply"),
     ("error", "answered 500"),
-    ("slow", "timed out"),
-    ("close", "Connection"),
+    ("slow", "timed out: no answer within the read timeout"),
+    ("close", "closed the connection without answering"),
 ])
 def test_a_failing_target_defers_its_configuration_and_says_why(source, faulty_target, mode, reason):
     target = faulty_target(mode)

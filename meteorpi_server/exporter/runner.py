@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 import requests
 from sqlalchemy import func, select
-from urllib3.exceptions import NameResolutionError, ProtocolError
+from urllib3.exceptions import NameResolutionError, ProtocolError, ReadTimeoutError
 
 from .. import store
 from ..config import Config, ConfigError
@@ -600,12 +600,17 @@ def describe_target_error(error: TargetError) -> str:
     if isinstance(cause, requests.exceptions.ConnectTimeout):
         return (f"cannot connect to {where}: no answer within the connect timeout "
                 "(export_connect_timeout_seconds); is the target reachable from here?")
-    if isinstance(cause, requests.exceptions.ReadTimeout):
+    if not isinstance(cause, requests.exceptions.RequestException):
+        return str(error)
+    chain = _exception_chain(cause)
+    # With retries configured, urllib3 reports a read time-out inside a MaxRetryError,
+    # which requests raises as a ConnectionError.
+    if any(isinstance(link, (requests.exceptions.ReadTimeout, ReadTimeoutError))
+           for link in chain):
         return (f"{where} timed out: no answer within the read timeout "
                 "(export_timeout_seconds); is the target overloaded?")
     if not isinstance(cause, requests.exceptions.ConnectionError):
         return str(error)
-    chain = _exception_chain(cause)
     text = " ".join(str(link) for link in chain)
     if any(isinstance(link, ConnectionRefusedError) for link in chain) or "Connection refused" in text:
         return f"cannot connect to {where}: connection refused; is the target server running?"
