@@ -320,3 +320,66 @@ def test_tasks_of_a_disabled_configuration_wait(small_source, make_node):
     assert small_source.exporter().run_once().entities_sent == len(record_ids(small_source)["events"])
     assert backlog(small_source)["paused"] == {"pending": 0, "done": len(record_ids(small_source)["events"]),
                                          "failed": 0, "state": "enabled"}
+
+
+@pytest.mark.slow
+def test_sigterm_on_protocol_v2_stops_within_one_upload_and_the_next_run_resumes(source, make_node,
+                                                                                tmp_path):
+    # Bundles of three files (one event's), one upload at a time: a batch is a long row
+    # of uploads, and the first is held until the exporter has taken note of the stop.
+    target = make_node("central", 0, batch_max_bundle_bytes=3 * NIGHTS.file_size + 600)
+    held, gate = threading.Event(), threading.Event()
+    bundles = []
+
+    def hold_the_first_bundle(app):
+        def wsgi(environ, start_response):
+            if environ["PATH_INFO"] == "/import/batch/files":
+                bundles.append(environ["CONTENT_LENGTH"])
+                if len(bundles) == 1:
+                    held.set()
+                    gate.wait(60)
+            return app(environ, start_response)
+        return wsgi
+
+    target.serve(hold_the_first_bundle)
+    add_export(source, "central", target.import_url)
+    config_path = tmp_path / "source.yaml"
+    config_path.write_text(yaml.safe_dump({**source.settings, "log_level": "info",
+                                           "export_concurrency": 1}))
+    process = subprocess.Popen([sys.executable, "-m", "meteorpi_server", "--config",
+                                str(config_path), "export", "run"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_until(held.is_set, what="the exporter's first bundle")
+        process.send_signal(signal.SIGTERM)
+        wait_until(lambda: any("stopping after the entities in flight" in line for line in lines),
+                   what="the exporter to take note of the stop")
+        gate.set()
+        process.wait(60)
+        reader.join(10)
+    finally:
+        gate.set()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = "".join(lines)
+    assert process.returncode == 0, output
+    assert "export summary:" in output
+    events = len(record_ids(source)["events"])
+    assert len(bundles) == 1, f"{len(bundles)} of {events} bundles were sent after all"
+    with source.services.database.read() as session:
+        assert all(view.lease_owner is None for view in configs.list_views(session))
+    # What the target confirmed is done (the held bundle's event, whose files had all made
+    # it, went in a records request); nothing else is.
+    done = backlog(source)["central"]["done"]
+    assert 0 < done == len(record_ids(target)["events"]) < events
+
+    result = CliRunner().invoke(main, ["--config", str(config_path), "export", "run", "--once"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert record_ids(target)["events"] == record_ids(source)["events"]
+    assert backlog(source)["central"] == {"pending": 0, "done": events, "failed": 0,
+                                          "state": "enabled"}
