@@ -178,3 +178,117 @@ def test_an_upload_held_by_a_stale_request_goes_on_once_it_is_free(make_node, da
     assert outcome.complete and outcome.bytes_sent == len(DATA)
     assert len(pauses) == 3 and pauses == sorted(pauses) and pauses[0] > 0
     assert target.services.files.path_for(file_id).read_bytes() == DATA
+
+
+# Replies about the target, not the file ----------------------------------------------------
+
+class LimitedTarget:
+    """A stand-in session for a target that takes chunks of at most ``limit`` bytes,
+    announcing ``announced`` at GET /import (None: it answers that with ``describe``)."""
+
+    def __init__(self, limit: int, announced: int | None, describe: int = 200):
+        self.limit, self.announced, self.describe = limit, announced, describe
+        self.held = b""
+        self.chunks: list[int] = []
+
+    def get(self, url, **kwargs):
+        if url.endswith("/import"):
+            return _response(self.describe, {"uploads": {"resumable": {
+                "version": 1, "max_chunk_bytes": self.announced}}})
+        return _response(200, {"offset": len(self.held), "complete": False})
+
+    def patch(self, url, data, headers, **kwargs):
+        assert len(self.chunks) < 100, "the uploader kept going round"
+        self.chunks.append(len(data))
+        if len(data) > self.limit:
+            return _response(413, {"error": "too_large", "message": "chunk too large"})
+        self.held += data
+        return _response(200, {"offset": len(self.held), "complete": self.held == DATA})
+
+
+def test_a_target_that_lowered_its_chunk_limit_gets_smaller_chunks(data_file, pauses):
+    target = LimitedTarget(limit=3000, announced=3000)
+    uploader = ResumableUploader(target, "http://target/import", chunk_size=8192)
+    with open(data_file, "rb") as source:
+        outcome = uploader.upload(uuid.uuid4(), MD5, source)
+    assert outcome.complete and target.held == DATA
+    assert target.chunks == [8192, 3000, 3000, 3000, 1240]
+
+
+@pytest.mark.parametrize("announced, describe", [(None, 200), (8192, 200), (3000, 500)],
+                         ids=["no-limit", "same-limit", "describe-fails"])
+def test_a_413_the_targets_limits_do_not_explain_refuses_the_file(data_file, pauses, announced,
+                                                                  describe):
+    from meteorpi_server.exporter.resumable import UploadRefused
+
+    target = LimitedTarget(limit=3000, announced=announced, describe=describe)
+    uploader = ResumableUploader(target, "http://target/import", chunk_size=8192)
+    with open(data_file, "rb") as source, pytest.raises(UploadRefused, match="413"):
+        uploader.upload(uuid.uuid4(), MD5, source)
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405])
+@pytest.mark.parametrize("on", ["offset", "chunk"])
+def test_auth_and_url_errors_mid_upload_are_the_targets_trouble_not_the_entitys(
+        tmp_path, pauses, status, on):
+    import factories
+    from meteorpi_server.exporter.handshake import ImportClient, TargetError, export_entity
+
+    class WrongTarget:
+        headers: dict = {}
+
+        def get(self, url, **kwargs):
+            if url.endswith("/import"):
+                return _response(200, {"uploads": {"resumable": {"version": 1}}})
+            if on == "offset":
+                return _response(status, {"error": "nope", "message": "no"})
+            return _response(200, {"offset": 0, "complete": False})
+
+        def post(self, url, **kwargs):
+            return _response(200, {"state": "need_file_data", "file_id": record.file_id.hex})
+
+        def patch(self, url, **kwargs):
+            return _response(status, {"error": "nope", "message": "no"})
+
+    dataset = factories.DataSet(tmp_path / "node")
+    record = dataset.add_file(factories.status())
+    client = ImportClient("http://target/import", "exporter", "secret", session=WrongTarget())
+    client.describe()
+    with pytest.raises(TargetError, match=f" answered {status}"):  # the runner's advice reads it
+        export_entity(client, record, dataset)
+
+
+def test_an_upload_the_target_holds_under_another_length_is_tried_again_later(data_file, pauses):
+    mismatch = {"error": "length_mismatch", "offset": 100, "length": 5, "message": "not 5"}
+    target = ScriptedTarget({"offset": 0, "complete": False}, lambda _: _response(409, mismatch))
+    uploader = ResumableUploader(target, "http://target/import", chunk_size=4096)
+    with open(data_file, "rb") as source, pytest.raises(UploadFailed, match="of 5 bytes") as failure:
+        uploader.upload(uuid.uuid4(), MD5, source)
+    assert type(failure.value) is UploadFailed and target.patches == 1
+
+
+# Round trips over one entity ----------------------------------------------------------------
+
+def test_a_target_asking_for_the_same_file_again_and_again_gets_it_three_times(tmp_path):
+    import factories
+    from meteorpi_server.exporter.handshake import ImportClient, _Answer, export_entity
+
+    dataset = factories.DataSet(tmp_path / "node")
+    event = dataset.add_event(factories.status(), file_count=2)
+    wanted = event.files[1]
+    uploads: list[uuid.UUID] = []
+
+    class Forgetful(ImportClient):
+        """A target that takes each upload and asks for the same file once more."""
+
+        def send(self, document):
+            return _response(200, {"state": "need_file_data", "file_id": wanted.file_id.hex})
+
+        def upload_file(self, record, md5, source, progress=None):
+            uploads.append(record.file_id)
+            return _Answer(200, {"state": "continue"}), len(source.read())
+
+    result = export_entity(Forgetful("http://target/import", "exporter", "secret"), event, dataset)
+    assert uploads == [wanted.file_id] * 3
+    assert result.state == "stuck"
+    assert wanted.file_id.hex in result.message and "3 uploads" in result.message

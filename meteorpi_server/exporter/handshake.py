@@ -26,6 +26,10 @@ log = logging.getLogger("meteorpi.exporter")
 
 DEFAULT_TIMEOUT = (10.0, 300.0)
 ORIGIN_HEADER = "Meteorpi-Origin"
+# The target counts failed uploads of a file and answers 'failed' after its
+# upload_attempts (3 by default): a target asking for the same file more often than this
+# in one exchange is going round in circles, and each time costs the whole file.
+MAX_UPLOADS_PER_FILE = 3
 
 
 class TargetError(Exception):
@@ -39,7 +43,8 @@ class ExportResult:
     ``state`` is ``complete``; ``failed`` (the target said so, or this node lacks something
     the target asked for); ``rejected`` (the target answered 4xx: the entity is invalid
     there); ``stuck`` (the exchange over this entity went round in circles: more round
-    trips than its files explain, or a request for a file that is not part of it); or
+    trips than its files explain, a request for a file that is not part of it, or for one
+    file after MAX_UPLOADS_PER_FILE uploads of it); or
     ``unexpected`` (a reply outside the protocol).
     """
 
@@ -248,6 +253,7 @@ def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatu
     confirmed, so a progress bar moves during a large file too.
     """
     files = {record.file_id: record for record in files_of(entity)}
+    uploads: dict[uuid.UUID, int] = {}
     # Each file costs an upload and a resend, plus a status and a resend: anything beyond
     # that (and some slack for cache misses) means the target is going round in circles.
     limit = max_round_trips or 2 * len(files) + 12
@@ -289,6 +295,12 @@ def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatu
                 result.state = "stuck"
                 result.message = f"the target asked for file {reply.get('file_id')!r}, which is not part of this entity"
                 return result
+            if uploads.get(record.file_id, 0) >= MAX_UPLOADS_PER_FILE:
+                result.state = "stuck"
+                result.message = (f"the target asked for file {record.file_id.hex} again after "
+                                  f"{MAX_UPLOADS_PER_FILE} uploads of it")
+                return result
+            uploads[record.file_id] = uploads.get(record.file_id, 0) + 1
             stream = source.open_file(record)
             if stream is None:
                 result.state = "failed"

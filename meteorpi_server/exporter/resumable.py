@@ -19,8 +19,10 @@ import requests
 
 log = logging.getLogger("meteorpi.exporter")
 
-# 8 MiB: on loopback, throughput is within a few percent of 16-64 MiB chunks (see
-# bench/resumable_upload.py), while a cut costs at most 8 MiB of resending on a slow link.
+# 8 MiB, though on loopback 16 and 64 MiB chunks were a median 25% faster (bench/README.md,
+# bench/resumable_upload.py): the benchmark's rounds overlap, so the gain is uncertain,
+# while on a camera's slow link a cut costs a whole chunk of resending, and a bigger chunk
+# saves little there. export_chunk_bytes changes it per node.
 DEFAULT_CHUNK_SIZE = 8 << 20
 # A target ends an upload request whose sender went silent after its
 # upload_read_timeout_seconds (60 s by default); until then it answers 409 upload_busy.
@@ -39,6 +41,10 @@ class UploadFailed(Exception):
 
 class UploadRefused(UploadFailed):
     """The target refuses this file (too large, say): trying again will not help."""
+
+
+# Replies about the target (its credentials, its URL), not about the file being sent.
+TARGET_STATUS_CODES = (401, 403, 404, 405)
 
 
 @dataclass
@@ -118,6 +124,13 @@ class ResumableUploader:
                 if progress:
                     progress(moved_to - offset)
                 offset = moved_to
+            elif response.status_code == 409 and reply.get("error") == "length_mismatch":
+                # Bytes another sender put there under this md5 claim another size; they
+                # fail their md5 or expire, so the target may take ours later.
+                raise UploadFailed(f"{url} holds {reply.get('offset')} bytes of an upload of "
+                                   f"{reply.get('length')} bytes, not {size}")
+            elif response.status_code == 413 and self._lower_chunk_size(len(chunk)):
+                continue  # the target lowered its max_chunk_bytes: send smaller chunks
             elif response.status_code == 409 and reply.get("error") == "upload_busy":
                 # Another request still holds the upload (most likely our own, cut off on
                 # its way): retrying at once cannot help until the target ends it.
@@ -135,6 +148,9 @@ class ResumableUploader:
                 # arrived, so this is a cut connection like any other.
                 failures = self._back_off(failures, f"{response.status_code}: {reply.get('message', response.text[:200])}")
                 offset = self._offset(url)
+            elif response.status_code in TARGET_STATUS_CODES:
+                raise UploadFailed(f"{url} answered {response.status_code}: "
+                                   f"{reply.get('message', response.text[:200])}")
             else:
                 raise UploadRefused(f"{url} answered {response.status_code}: "
                                     f"{reply.get('message', response.text[:200])}")
@@ -161,11 +177,30 @@ class ResumableUploader:
                     reply = _json(response)
                     return None if reply.get("complete") else int(reply["offset"])
                 message = f"{response.status_code} asking for the offset"
+                if response.status_code in TARGET_STATUS_CODES:  # worded for the runner's advice
+                    raise UploadFailed(f"{url} answered {response.status_code} asking for the "
+                                       f"offset: {response.text[:200]}")
                 if response.status_code < 500:
                     raise UploadRefused(f"{url}: {message}: {response.text[:200]}")
             except (requests.RequestException, KeyError, ValueError) as error:
                 message = f"asking for the offset: {error}"
             failures = self._back_off(failures, message)
+
+    def _lower_chunk_size(self, refused: int) -> bool:
+        """After a 413 for a chunk of ``refused`` bytes, take the target's current
+        max_chunk_bytes; False if it allows that much (the file itself is too large)."""
+        self.requests_sent += 1
+        try:
+            response = self.session.get(self.import_url, timeout=self.timeout)
+        except requests.RequestException as error:
+            raise UploadFailed(f"{self.import_url}: asking for the limits after a 413: {error}") from error
+        limits = ((_json(response).get("uploads") or {}).get("resumable") or {})
+        limit = limits.get("max_chunk_bytes") if isinstance(limits, dict) else None
+        if response.status_code != 200 or not isinstance(limit, int) or not 0 < limit < refused:
+            return False
+        log.info("%s takes chunks of at most %d bytes now, not %d", self.import_url, limit, refused)
+        self.chunk_size = limit
+        return True
 
     def _wait_busy(self, waited: float, message: str) -> float:
         """Pause before retrying an upload another request holds, in pauses that double
