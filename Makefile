@@ -16,7 +16,7 @@ NODE_PORT ?= 8101
 CENTRAL_PORT ?= 8102
 DEMO_DATA_ARGS ?= --cameras 3 --nights 2 --events-per-night 15 --files-per-event 3 --standalone-files 4 --file-size 256KiB
 
-.PHONY: run test test-fast bench install clean demo
+.PHONY: run test test-fast bench install clean demo demo-serve
 
 # The venv is rebuilt when the dependencies change.
 $(BIN)/.installed: setup.cfg pyproject.toml
@@ -46,10 +46,16 @@ bench: install
 	$(BIN)/python bench/search.py
 
 # Two servers on loopback: a camera node fills up with demo data and replicates it to a
-# central server while you watch; it then says where to look. Servers stop on exit.
+# central server while you watch; it then says where to look. On a terminal the servers
+# run until Enter; without one they stop at the end.
 demo: install
 	BIN=$(BIN) DEMO_DIR=$(DEMO_DIR) NODE_PORT=$(NODE_PORT) CENTRAL_PORT=$(CENTRAL_PORT) \
 		DEMO_DATA_ARGS='$(DEMO_DATA_ARGS)' scripts/demo.sh
+
+# The two servers again, on a finished demo run's data (DEMO_RUN, default the newest), until Ctrl-C.
+DEMO_RUN ?=
+demo-serve: install
+	BIN=$(BIN) DEMO_DIR=$(DEMO_DIR) scripts/demo.sh serve $(DEMO_RUN)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
