@@ -256,6 +256,9 @@ def build(url: str, events: int) -> tuple[Database, float]:
     with database.engine.begin() as connection:
         for index in indexes:
             index.create(connection)
+    # The load went around the store, which keeps the cameras' counts as it stores.
+    with database.write() as session:
+        cameras.recount(session)
     if database.is_sqlite:
         with database.engine.begin() as connection:
             connection.exec_driver_sql("ANALYZE")

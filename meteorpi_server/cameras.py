@@ -1,9 +1,9 @@
 """The camera registry: which cameras this server has heard from, and what about them.
 
-No Flask here. The ``camera`` rows are kept up to date by :func:`feed.record_arrival` in
-every transaction that stores a record; this module reads them, with each camera's
-status and its numbers of events and files, and stores the JSON metadata that camera
-admins attach.
+No Flask here. The ``camera`` rows, with each camera's numbers of events and files, are
+kept up to date by :func:`feed.record_arrival` in every transaction that stores a
+record; this module reads them, with each camera's status, and stores the JSON metadata
+that camera admins attach.
 """
 from __future__ import annotations
 
@@ -87,12 +87,6 @@ def status_history(session: Session, camera_id: str) -> list[CameraStatus]:
         .order_by(CameraStatusRow.valid_from, CameraStatusRow.status_id))]
 
 
-def _counts(session: Session, column, camera_ids: list[str]) -> dict[str, int]:
-    # Grouped over the (camera_id, time, id) index, so the table itself is not read.
-    return dict(session.execute(
-        select(column, func.count()).where(column.in_(camera_ids)).group_by(column)).all())
-
-
 def _statuses_in_force(session: Session, camera_ids: list[str], now_ms: int) -> dict[str, CameraStatus]:
     current: dict[str, CameraStatus] = {}
     rows = session.scalars(
@@ -114,13 +108,9 @@ def list_cameras(session: Session, now_ms: int, connected_seconds: int,
     rows = list(session.scalars(query))
     if not rows:
         return []
-    ids = [row.camera_id for row in rows]
-    events = _counts(session, EventRow.camera_id, ids)
-    files = _counts(session, FileRecordRow.camera_id, ids)
-    statuses = _statuses_in_force(session, ids, now_ms)
+    statuses = _statuses_in_force(session, [row.camera_id for row in rows], now_ms)
     return [Camera(row.camera_id, row.first_seen, row.last_seen, row.last_seen >= since,
-                   row.meta, events.get(row.camera_id, 0), files.get(row.camera_id, 0),
-                   statuses.get(row.camera_id))
+                   row.meta, row.event_count, row.file_count, statuses.get(row.camera_id))
             for row in rows]
 
 
@@ -133,9 +123,7 @@ def get_camera(session: Session, camera_id: str, now_ms: int,
     return Camera(
         row.camera_id, row.first_seen, row.last_seen,
         row.last_seen >= now_ms - connected_seconds * 1000, row.meta,
-        _counts(session, EventRow.camera_id, [camera_id]).get(camera_id, 0),
-        _counts(session, FileRecordRow.camera_id, [camera_id]).get(camera_id, 0),
-        status_at(session, camera_id, now_ms), status_history(session, camera_id))
+        row.event_count, row.file_count, status_at(session, camera_id, now_ms), status_history(session, camera_id))
 
 
 def _depth(value: Any) -> int:
@@ -153,6 +141,16 @@ def _depth(value: Any) -> int:
             break  # deep enough to refuse; no need to walk the rest
         pending.extend((child, depth + 1) for child in children)
     return deepest
+
+
+def recount(session: Session) -> None:
+    """Set every camera's event and file counts from the records stored (as migration
+    0006 did), for records written around the store, by a bulk load say."""
+    for column, row, owner in ((CameraRow.event_count, EventRow, EventRow.camera_id),
+                               (CameraRow.file_count, FileRecordRow, FileRecordRow.camera_id)):
+        counted = (select(func.count()).select_from(row)
+                   .where(owner == CameraRow.camera_id).scalar_subquery())
+        session.execute(update(CameraRow).values({column: counted}))
 
 
 def check_meta(meta: Any) -> dict:

@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .db import Database
-from .orm import CameraRow, ChangeRow, FeedCounterRow
+from .orm import CameraRow, ChangeRow, FeedCounterRow, FileRecordRow
 
 ENTITY_TYPES = ("status", "event", "file")
 COUNTER_ID = 1
@@ -55,6 +55,9 @@ _HOOKED = "meteorpi.feed.hooked"
 
 @dataclass(frozen=True)
 class _Arrival:
+    entity_type: str
+    entity_id: uuid.UUID
+    camera_id: str
     camera_ids: tuple[str, ...]
     recorded_at: int
     in_savepoint: bool
@@ -82,8 +85,8 @@ def record_arrival(session: Session, entity_type: str, entity_id: uuid.UUID, cam
         event.listen(session, "after_transaction_end", _forget_arrivals)
         session.info[_HOOKED] = True
     session.info.setdefault(_PENDING, {})[placeholder] = _Arrival(
-        tuple(sorted({camera_id, *other_camera_ids})), recorded_at,
-        session.in_nested_transaction())
+        entity_type, entity_id, camera_id, tuple(sorted({camera_id, *other_camera_ids})),
+        recorded_at, session.in_nested_transaction())
 
 
 def _forget_arrivals(session: Session, transaction) -> None:
@@ -108,7 +111,7 @@ def _number_arrivals(session: Session) -> None:
     for arrival in pending.values():
         for camera_id in arrival.camera_ids:
             seen[camera_id] = max(seen.get(camera_id, 0), arrival.recorded_at)
-    _note_cameras_seen(session, seen)
+    _note_cameras_seen(session, seen, _counts_stored(session, pending.values()))
     last = next_sequence(session, len(pending))
     first = last - len(pending) + 1
     table = ChangeRow.__table__
@@ -124,19 +127,49 @@ def _upsert(session: Session):
             "sqlite": sqlite.insert}[session.get_bind().dialect.name]
 
 
-def _note_cameras_seen(session: Session, seen: dict[str, int]) -> None:
-    """Create or update the registry rows of cameras heard from at the given times."""
+def _counts_stored(session: Session, arrivals: Iterable[_Arrival]
+                   ) -> dict[str, tuple[int, int]]:
+    """(events, files) that these arrivals add to each camera; an event's files count
+    for the cameras they name, which may not be the event's."""
+    counts: dict[str, list[int]] = {}
+    event_ids = []
+    for arrival in arrivals:
+        if arrival.entity_type == "event":
+            counts.setdefault(arrival.camera_id, [0, 0])[0] += 1
+            event_ids.append(arrival.entity_id)
+        elif arrival.entity_type == "file":
+            counts.setdefault(arrival.camera_id, [0, 0])[1] += 1
+    for start in range(0, len(event_ids), 500):  # bounded IN lists for large batches
+        for camera_id, files in session.execute(
+                select(FileRecordRow.camera_id, func.count())
+                .where(FileRecordRow.event_id.in_(event_ids[start:start + 500]))
+                .group_by(FileRecordRow.camera_id)):
+            counts.setdefault(camera_id, [0, 0])[1] += files
+    return {camera_id: (events, files) for camera_id, (events, files) in counts.items()}
+
+
+def _note_cameras_seen(session: Session, seen: dict[str, int],
+                       added: dict[str, tuple[int, int]]) -> None:
+    """Create or update the registry rows of cameras heard from at the given times,
+    adding ``added``'s numbers of events and files to their counts."""
     # Sorted, so that writers touching several cameras lock their rows in one order.
-    for camera_id in sorted(seen):
-        at_ms = seen[camera_id]
+    # The row lock taken here is held until the commit, so concurrent writers' additions
+    # to a count follow one another rather than overwrite.
+    latest = max(seen.values(), default=0)
+    for camera_id in sorted(seen.keys() | added.keys()):
+        at_ms = seen.get(camera_id, latest)
+        events, files = added.get(camera_id, (0, 0))
         statement = _upsert(session)(CameraRow).values(
-            camera_id=camera_id, first_seen=at_ms, last_seen=at_ms, meta={})
+            camera_id=camera_id, first_seen=at_ms, last_seen=at_ms, meta={},
+            event_count=events, file_count=files)
         # Hosts' clocks differ a little; last_seen never moves backwards.
         statement = statement.on_conflict_do_update(
             index_elements=[CameraRow.camera_id],
             set_={"last_seen": case((statement.excluded.last_seen > CameraRow.last_seen,
                                      statement.excluded.last_seen),
-                                    else_=CameraRow.last_seen)})
+                                    else_=CameraRow.last_seen),
+                  "event_count": CameraRow.event_count + events,
+                  "file_count": CameraRow.file_count + files})
         session.execute(statement)
 
 

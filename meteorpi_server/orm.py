@@ -231,6 +231,10 @@ class CameraRow(Base):
     first_seen: Mapped[int] = mapped_column(BigInteger)
     last_seen: Mapped[int] = mapped_column(BigInteger)
     meta: Mapped[dict] = mapped_column(JSON)
+    # Its events, and its files (inside events or not), counted as they are stored (by
+    # feed.py's commit hook), so that listing cameras need not count the big tables.
+    event_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    file_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ChangeRow(Base):

@@ -1,5 +1,6 @@
 """A reader following the feed from 0 sees every record exactly once, in order, while
-several exporters import at the same time over real sockets."""
+several exporters import at the same time over real sockets; and the cameras' counts
+of events and files come out right."""
 from __future__ import annotations
 
 import threading
@@ -63,6 +64,18 @@ def export_in_batches(url: str, auth, dataset, entities, start: threading.Barrie
         assert stats.fallbacks == 0, "some records went one at a time, not in a batch"
 
 
+def assert_cameras_count_every_record(url: str, auth, nights) -> None:
+    """The counts GET /cameras shows were added to by writers committing at once."""
+    expected = {}
+    for dataset, entities in nights:
+        events = [entity for entity in entities if entity.ENTITY_TYPE == "event"]
+        files = len(entities) - len(events) + sum(len(event.files) for event in events)
+        expected[entities[0].camera_id] = (len(events), files)
+    listed = requests.get(f"{url}/cameras", auth=auth, timeout=30).json()["cameras"]
+    assert {camera["camera_id"]: (camera["event_count"], camera["file_count"])
+            for camera in listed} == expected
+
+
 def import_concurrently(urls, auth, nights, export=export_all) -> None:
     start = threading.Barrier(len(nights))
     with ThreadPoolExecutor(len(nights)) as pool:
@@ -82,6 +95,7 @@ def test_a_follower_sees_every_import_once_in_order(live_server, exporter_auth, 
 
     total = sum(1 + len(entities) for _, entities in nights)
     assert_exactly_once_in_order(follower.stop(until=total), nights)
+    assert_cameras_count_every_record(live_server, reader, nights)
 
 
 def test_a_follower_sees_every_batched_import_once_in_order(live_server, exporter_auth, make_user,
@@ -95,6 +109,7 @@ def test_a_follower_sees_every_batched_import_once_in_order(live_server, exporte
 
     total = sum(1 + len(entities) for _, entities in nights)
     assert_exactly_once_in_order(follower.stop(until=total), nights)
+    assert_cameras_count_every_record(live_server, reader, nights)
 
 
 @pytest.mark.slow
@@ -127,3 +142,4 @@ def test_followers_on_two_hosts_see_every_import_once_in_order(gunicorn_server, 
     assert_exactly_once_in_order(poller.stop(until=total), nights)
     streamer.join(60)
     assert_exactly_once_in_order(streamed, nights)
+    assert_cameras_count_every_record(hosts[0].url, reader, nights)
