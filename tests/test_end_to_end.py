@@ -14,8 +14,9 @@ from meteorpi_server.orm import EventRow
 def night_of_data(root) -> factories.DataSet:
     """Two cameras, one of which changes status mid-night; events with 0-3 files; stand-alone files."""
     dataset = factories.DataSet(root)
-    first = factories.status("cam-north")
-    moved = factories.status("cam-north", valid_from=first.valid_from + 3_600_000,
+    moved_at = factories.NIGHT + 3_600_000  # the first status ends there, as a node records it
+    first = factories.status("cam-north", valid_to=moved_at)
+    moved = factories.status("cam-north", valid_from=moved_at,
                              location=first.location.__class__(lat=53.0, long=-1.0, gps=True, error=2.0))
     second = factories.status("cam-south")
     for index, owner in enumerate([first, first, moved, second, second, moved]):
