@@ -14,8 +14,8 @@ from sqlalchemy import select
 from werkzeug.wrappers import Request, Response
 
 from conftest import PASSWORD
-from export_nodes import (EXPORT_USER, extra_postgres_databases, faulty_target,  # noqa: F401
-                          make_node, node_database, record_ids)
+from export_nodes import (EXPORT_USER, ImportLog, extra_postgres_databases,  # noqa: F401
+                          faulty_target, make_node, node_database, record_ids)
 from meteorpi_model import EventSearch, ExportConfiguration
 from meteorpi_server import store
 from meteorpi_server.demo import DemoPlan, generate
@@ -48,7 +48,7 @@ def source(make_node):
 
 @pytest.mark.parametrize("mode, reason", [
     ("garbage", "unexpected reply"),
-    ("error", "answered 500"),
+    ("error", "500"),  # an upload's retries give up with "500 asking for the offset"
     ("slow", "timed out: no answer within the read timeout"),
     ("close", "closed the connection without answering"),
 ])
@@ -369,3 +369,114 @@ def test_a_target_that_answers_who_it_is_but_fails_every_import_is_still_disable
     status = status_of(source)
     assert not status.view.configuration.enabled, "GET /import answering must not mask the failures"
     assert "500" in status.view.disabled_reason
+
+
+# Targets that fail part-way through (the legacy handshake) ---------------------------------
+
+class MidExchangeFault:
+    """A real target, logged by ImportLog, that starts to misbehave part-way through a run:
+    once it has completed ``after`` entities it lets ``let_through`` more requests pass
+    (the next entity's exchange is under way) and then, while ``armed``, answers every
+    request with ``mode``: ``error`` (500), ``slow`` (no answer within the exporter's read
+    timeout), ``close`` (the connection dropped without an answer). A failed request never
+    reaches the server, so what the log saw completed is all the target holds."""
+
+    def __init__(self, mode: str, after: int = 1, let_through: int = 2):
+        self.mode, self.after, self.let_through = mode, after, let_through
+        self.armed = True
+        self.failed = 0
+        self.log: ImportLog | None = None
+        self._passed = 0
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+
+    def wrap(self, app):
+        self.log = ImportLog(app)
+
+        def wsgi(environ, start_response):
+            with self._lock:
+                if self.armed and self.log.complete_count() >= self.after:
+                    self._passed += 1
+                fail = self.armed and self._passed > self.let_through
+                self.failed += fail
+            if not fail:
+                return self.log(environ, start_response)
+            if self.mode == "slow":
+                self._release.wait(3)
+            if self.mode == "close":
+                environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+                start_response("200 OK", [])
+                return [b""]
+            return Response("database is on fire", 500)(environ, start_response)
+        return wsgi
+
+    def disarm(self) -> None:
+        self.armed = False
+        self._release.set()
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("error", "500"),  # an upload's retries give up with "500 asking for the offset"
+    ("slow", "timed out"),
+    ("close", "closed the connection without answering"),
+])
+def test_a_target_failing_mid_exchange_loses_nothing_and_a_later_run_completes(
+        source, make_node, mode, reason):
+    fault = MidExchangeFault(mode)
+    target = make_node("central", 0, batch_protocol=False).serve(fault.wrap)
+    add_export(source, target.import_url)
+    summary = source.exporter(read_timeout=0.5, backoff=Backoff(60_000, 600_000)).run_once()
+    fault_hit = fault.failed
+    assert fault_hit >= 1, "the fault must have been reached"
+    assert summary.targets["central"].target_failures == 1
+    status = status_of(source)
+    assert status.view.state() == "backing off" and status.view.consecutive_failures == 1
+    assert reason in status.view.last_error
+    # Done is exactly what the target confirmed: the first entity, not the one cut short.
+    confirmed = set(fault.log.completions())
+    assert len(confirmed) == 1
+    with source.services.database.read() as session:
+        rows = session.scalars(select(ExportTaskRow)
+                               .where(ExportTaskRow.config_id == status.view.config_id)).all()
+    assert {row.entity_id.hex for row in rows if row.state == tasks.DONE} == confirmed
+    assert all(row.attempts == 0 for row in rows), "a target failure charges no task"
+    # Backing off: the next run leaves the target alone.
+    assert source.exporter().run_once().targets["central"].skipped == "backing off"
+    assert fault.failed == fault_hit
+
+    fault.disarm()
+    with source.services.database.write() as session:
+        configs.get_row(session, "central").next_attempt_at = 0
+    assert source.exporter().run_once().targets["central"].failures == 0
+    status = status_of(source)
+    assert (status.pending, status.failed, status.done) == (0, 0, len(record_ids(source)["events"]))
+    assert_same_records_for_events(source, target)
+    assert all(count == 1 for count in fault.log.completions().values()), \
+        "an entity the target had confirmed was sent again"
+
+
+def test_a_target_that_lost_an_entity_from_its_cache_gets_it_again_in_full(source, make_node):
+    # A cache of one entity: sending a status pushes out the event that needed it, so the
+    # cached_entity that follows misses and the target answers continue-nocache.
+    log = None
+
+    def wrap(app):
+        nonlocal log
+        log = ImportLog(app)
+        return log
+
+    target = make_node("central", 0, batch_protocol=False, import_cache_size=1).serve(wrap)
+    add_export(source, target.import_url)
+    summary = source.exporter().run_once().targets["central"]
+    assert summary.failures == 0
+    misses = [index for index, (kind, _, state) in enumerate(log.entries)
+              if kind == "cached_entity" and state == "continue-nocache"]
+    assert misses, "the target never answered continue-nocache"
+    for index in misses:
+        entity_id = log.entries[index][1]
+        following = [entry for entry in log.entries[index + 1:] if entry[1] == entity_id]
+        assert following[0][0] == "event", "continue-nocache is followed by the whole entity"
+        assert following[-1][2] == "complete"
+    status = status_of(source)
+    assert (status.pending, status.failed) == (0, 0)
+    assert_same_records_for_events(source, target)

@@ -592,16 +592,17 @@ def describe_target_error(error: TargetError) -> str:
     target server running?" rather than urllib3's nested exception texts (which are
     logged at debug level).
     """
-    cause = error.__cause__
-    log.debug("target error: %s", error, exc_info=cause)
-    if isinstance(cause, requests.exceptions.SSLError):  # its text says what is wrong
-        return str(error)
+    log.debug("target error: %s", error, exc_info=error.__cause__)
+    # The requests exception behind it: the direct cause, or one that an upload gave up
+    # on after retries (raised while handling it).
+    cause = next((link for link in _exception_chain(error)
+                  if isinstance(link, requests.exceptions.RequestException)), None)
+    if cause is None or isinstance(cause, requests.exceptions.SSLError):
+        return str(error)  # an SSLError's own text says what is wrong with the certificate
     where = _host_and_port(getattr(cause, "request", None))
     if isinstance(cause, requests.exceptions.ConnectTimeout):
         return (f"cannot connect to {where}: no answer within the connect timeout "
                 "(export_connect_timeout_seconds); is the target reachable from here?")
-    if not isinstance(cause, requests.exceptions.RequestException):
-        return str(error)
     chain = _exception_chain(cause)
     # With retries configured, urllib3 reports a read time-out inside a MaxRetryError,
     # which requests raises as a ConnectionError.
