@@ -9,6 +9,7 @@ entity, so a batch never ends worse than the legacy protocol would.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -35,6 +36,10 @@ INVALID = "invalid"
 # by BUNDLE_BYTES per upload thread whatever the files' sizes.
 BUNDLE_FILE_BYTES = 1 << 20
 BUNDLE_BYTES = 4 << 20
+# A target that announces no JSON limit is assumed to take this much in one request.
+DEFAULT_JSON_BYTES = 1 << 20
+# Room left in each request for its envelope (``{"entities": [...]}``) and separators.
+ENVELOPE_BYTES = 1024
 
 
 @dataclass
@@ -80,7 +85,42 @@ def _plan_entry(entity: Event | FileRecord) -> dict:
         return {"type": "file", "id": entity.file_id.hex, "status_id": entity.status_id.hex,
                 "md5": entity.md5}
     return {"type": "event", "id": entity.event_id.hex, "status_id": entity.status_id.hex,
-            "files": [{"file_id": record.file_id.hex, "md5": record.md5} for record in entity.files]}
+            "files": [_plan_file(record, entity.status_id) for record in entity.files]}
+
+
+def _plan_file(record: FileRecord, event_status_id: uuid.UUID) -> dict:
+    # A file recorded under another status than its event's (the camera's status changed
+    # between the two) names it, so the plan asks for that status up front too.
+    entry = {"file_id": record.file_id.hex, "md5": record.md5}
+    if record.status_id != event_status_id:
+        entry["status_id"] = record.status_id.hex
+    return entry
+
+
+def _record_entry(entity: Event | FileRecord) -> dict:
+    return {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()}
+
+
+def _json_size(document) -> int:
+    # As requests serialises a json= body, so the sizes add up to what is sent.
+    return len(json.dumps(document).encode())
+
+
+def _in_parts(items: list, sizes: list[int], max_count: int, max_bytes: int) -> list[list]:
+    """``items`` in order, in parts of at most ``max_count`` items whose ``sizes`` add up
+    to at most ``max_bytes`` (an item larger than that on its own makes a part of one)."""
+    parts, current, total = [], [], 0
+    for item, size in zip(items, sizes):
+        if current and (len(current) >= max_count or total + size + 2 > max_bytes):
+            parts.append(current)
+            current, total = [], 0
+        current.append(item)
+        total += size + 2  # the ", " before it
+    return parts + ([current] if current else [])
+
+
+class _TooLarge(TargetError):
+    """The target (or a proxy before it) answered 413: the request was too large for it."""
 
 
 class BatchSender:
@@ -104,6 +144,14 @@ class BatchSender:
     def max_entities(self) -> int:
         """The target's batch limit, as its latest discovery document gives it."""
         return self.client.capabilities["batch"]["max_entities"]
+
+    @property
+    def max_json_bytes(self) -> int:
+        """The largest JSON body the target announces it takes, less an envelope's room."""
+        announced = (self.client.capabilities.get("limits") or {}).get("max_json_bytes")
+        if not isinstance(announced, int) or isinstance(announced, bool) or announced <= 0:
+            announced = DEFAULT_JSON_BYTES
+        return max(announced - ENVELOPE_BYTES, 1)
 
     def __enter__(self) -> BatchSender:
         return self
@@ -140,11 +188,12 @@ class BatchSender:
         stop = stop if stop is not None else threading.Event()
         results: dict[uuid.UUID, ExportResult] = {}
         plannable = [entity for entity in entities if _plannable(entity)]
-        for start in range(0, len(plannable), self.max_entities):
+        # A batch's records request is its largest, so its size decides the split.
+        sizes = [_json_size(_record_entry(entity)) for entity in plannable]
+        for batch in _in_parts(plannable, sizes, self.max_entities, self.max_json_bytes):
             if stop.is_set():
                 return results
-            results.update(self._send_batch(plannable[start:start + self.max_entities],
-                                            progress, stats, stop))
+            results.update(self._send_fitting(batch, progress, stats, stop))
         planned = {entity.id for entity in plannable}
         for entity in entities:  # files without a recorded md5 cannot be planned
             if entity.id not in planned:
@@ -153,9 +202,27 @@ class BatchSender:
                 results[entity.id] = self._fallback(entity, progress, stats)
         return results
 
+    def _send_fitting(self, entities, progress, stats, stop) -> dict[uuid.UUID, ExportResult]:
+        """Send one batch; if the target finds a request of it too large (a proxy before
+        it may take less than the target announces), send it again in halves, and an
+        entity too large on its own by the legacy handshake, which gives its own result."""
+        try:
+            return self._send_batch(entities, progress, stats, stop)
+        except _TooLarge as error:
+            if len(entities) == 1:
+                return {entities[0].id: self._fallback(entities[0], progress, stats)}
+            log.info("%s; sending the batch of %d in halves", error, len(entities))
+        half = len(entities) // 2
+        results = self._send_fitting(entities[:half], progress, stats, stop)
+        if not stop.is_set():
+            results.update(self._send_fitting(entities[half:], progress, stats, stop))
+        return results
+
     def _post(self, operation: str, document: dict, stats: BatchStats) -> dict:
         stats.requests += 1
         response = self.client.send_batch(operation, document)
+        if response.status_code == 413:
+            raise _TooLarge(f"batch {operation} answered 413: {response.text[:300]}")
         if response.status_code != 200:
             raise TargetError(f"batch {operation} answered {response.status_code}: {response.text[:300]}")
         try:
@@ -202,9 +269,8 @@ class BatchSender:
                 waiting.remove(entity)
         if not waiting:
             return results
-        reply = self._post("records", {"entities": [
-            {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()} for entity in waiting]},
-            stats)
+        reply = self._post("records", {"entities": [_record_entry(entity) for entity in waiting]},
+                           stats)
         outcomes = {entry_id: (state, entry) for entry_id, state, entry
                     in _outcomes(reply, "results", "records", RECORD_STATES)}
         for entity in waiting:
@@ -225,8 +291,21 @@ class BatchSender:
     def _send_statuses(self, status_ids: list[uuid.UUID], stats: BatchStats) -> None:
         statuses = [self.source.status(status_id) for status_id in status_ids]
         statuses = [status.to_dict() for status in statuses if status is not None]
-        for start in range(0, len(statuses), self.max_entities):
-            self._post("statuses", {"statuses": statuses[start:start + self.max_entities]}, stats)
+        sizes = [_json_size(status) for status in statuses]
+        for part in _in_parts(statuses, sizes, self.max_entities, self.max_json_bytes):
+            self._send_status_part(part, stats)
+
+    def _send_status_part(self, statuses: list[dict], stats: BatchStats) -> None:
+        try:
+            self._post("statuses", {"statuses": statuses}, stats)
+        except _TooLarge:
+            if len(statuses) == 1:
+                # Left to the records request, which answers need_status for the entities
+                # that need it; the legacy handshake then gives each its own result.
+                return
+            half = len(statuses) // 2
+            self._send_status_part(statuses[:half], stats)
+            self._send_status_part(statuses[half:], stats)
 
     def _upload_files(self, needed: list[tuple[uuid.UUID, int]], entities, progress,
                       stats: BatchStats, stop: threading.Event) -> dict[uuid.UUID, str | None]:
