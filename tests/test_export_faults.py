@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from conftest import PASSWORD
 from export_nodes import (EXPORT_USER, ImportLog, extra_postgres_databases,  # noqa: F401
-                          faulty_target, make_node, node_database, record_ids)
+                          faulty_target, make_node, node_database, record_ids, wait_until)
 from meteorpi_model import EventSearch, ExportConfiguration
 from meteorpi_server import store
 from meteorpi_server.demo import DemoPlan, generate
@@ -480,3 +480,74 @@ def test_a_target_that_lost_an_entity_from_its_cache_gets_it_again_in_full(sourc
     status = status_of(source)
     assert (status.pending, status.failed) == (0, 0)
     assert_same_records_for_events(source, target)
+
+
+# Claims on the work -------------------------------------------------------------------------
+
+def held_target(make_node, hold_after: int):
+    """A legacy-only target whose ImportLog holds the request for the entity after
+    ``hold_after`` completes until its gate is opened."""
+    log = None
+
+    def wrap(app):
+        nonlocal log
+        log = ImportLog(app, hold_after=hold_after)
+        return log
+
+    return make_node("central", 0, batch_protocol=False).serve(wrap), log
+
+
+def lease_of(node) -> tuple[str | None, int | None]:
+    view = status_of(node).view
+    return view.lease_owner, view.lease_expires_at
+
+
+def run_in_thread(exporter):
+    summaries = []
+    thread = threading.Thread(target=lambda: summaries.append(exporter.run_once()), daemon=True)
+    thread.start()
+    return thread, summaries
+
+
+def test_an_exporter_keeps_its_claim_through_a_request_longer_than_the_lease(source, make_node):
+    target, log = held_target(make_node, hold_after=1)
+    add_export(source, target.import_url)
+    thread, summaries = run_in_thread(source.exporter(lease_seconds=0.6, read_timeout=60))
+    wait_until(log.holding.is_set, what="the exporter to reach the held request")
+    owner, expires = lease_of(source)
+    # Two whole leases go by inside one request: only renewal keeps the claim.
+    wait_until(lambda: (lease_of(source)[1] or 0) > expires + 1200, what="the lease to be renewed")
+    assert lease_of(source)[0] == owner
+    other = source.exporter(lease_seconds=0.6).run_once()
+    assert other.targets["central"].skipped == "another exporter is working on it"
+    log.hold_after = None
+    log.gate.set()
+    thread.join(60)
+    assert summaries[0].targets["central"].failures == 0
+    status = status_of(source)
+    assert (status.pending, status.failed) == (0, 0)
+    assert status.view.lease_owner is None, "the claim is let go at the end"
+    assert all(count == 1 for count in log.completions().values())
+
+
+def test_an_exporter_that_lost_its_claim_leaves_the_work_to_the_one_that_took_it(
+        source, make_node, caplog):
+    target, log = held_target(make_node, hold_after=1)
+    add_export(source, target.import_url)
+    thread, summaries = run_in_thread(source.exporter(lease_seconds=0.6, read_timeout=60))
+    wait_until(log.holding.is_set, what="the exporter to reach the held request")
+    # Another exporter takes the configuration over (as if this one had stalled past
+    # its lease).
+    with source.services.database.write() as session:
+        configs.get_row(session, "central").lease_owner = "elsewhere:1:beef"
+        configs.get_row(session, "central").lease_expires_at = store.now_ms() + 600_000
+    wait_until(lambda: "another exporter took this configuration over" in caplog.text,
+               what="the exporter to notice")
+    log.hold_after = None
+    log.gate.set()
+    thread.join(60)
+    # It finished the entity in flight and sent nothing after it.
+    status = status_of(source)
+    assert status.done <= 2 and status.pending >= 4, "the rest is left to the claim's holder"
+    assert status.view.lease_owner == "elsewhere:1:beef", "it did not free another's claim"
+    assert status.view.consecutive_failures == 0, "losing a claim is not the target's fault"

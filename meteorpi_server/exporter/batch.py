@@ -23,6 +23,7 @@ from meteorpi_model import Event, FileRecord, files_of
 from ..bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE, header_line
 from .handshake import (EntitySource, ExportResult, ImportClient, TargetError, export_entity,
                         target_session)
+from .lease import StopSignal
 from .resumable import Progress, ResumableUploader, UploadFailed, UploadRefused
 
 log = logging.getLogger("meteorpi.exporter")
@@ -171,7 +172,7 @@ class BatchSender:
 
     def send(self, entities: list[Event | FileRecord], progress: Progress | None = None,
              stats: BatchStats | None = None,
-             stop: threading.Event | None = None) -> dict[uuid.UUID, ExportResult]:
+             stop: StopSignal | None = None) -> dict[uuid.UUID, ExportResult]:
         """Send ``entities`` (any number: split to the target's batch limit) and return a
         result for each, keyed by entity id.
 
@@ -308,7 +309,7 @@ class BatchSender:
             self._send_status_part(statuses[half:], stats)
 
     def _upload_files(self, needed: list[tuple[uuid.UUID, int]], entities, progress,
-                      stats: BatchStats, stop: threading.Event) -> dict[uuid.UUID, str | None]:
+                      stats: BatchStats, stop: StopSignal) -> dict[uuid.UUID, str | None]:
         """Upload the planned files, several at once; return why each file that cannot be
         sent (its bytes are missing here, or the target refuses it) was not, and None for
         each file not sent because ``stop`` was set first.

@@ -50,6 +50,7 @@ from . import tasks
 from .configs import clip
 from .batch import DEFAULT_CONCURRENCY, INVALID, BatchSender, BatchStats
 from .handshake import ExportResult, ImportClient, TargetError, export_entity
+from .lease import LeaseKeeper, StopSignal
 from .marking import mark
 from .progress import Batch, Reporter
 from .resumable import DEFAULT_CHUNK_SIZE
@@ -76,6 +77,9 @@ class ExporterSettings:
     batch_size: int = BATCH_SIZE
     chunk_bytes: int = DEFAULT_CHUNK_SIZE
     concurrency: int = DEFAULT_CONCURRENCY
+    #: How long a claim on a configuration lasts unless renewed (every third of it, by a
+    #: thread of its own), so only an exporter that died loses it.
+    lease_seconds: float = 300.0
 
     @classmethod
     def from_config(cls, config: Config) -> ExporterSettings:
@@ -93,11 +97,6 @@ class ExporterSettings:
             ca_bundle=config.export_ca_bundle,
             chunk_bytes=config.export_chunk_bytes,
             concurrency=config.export_concurrency)
-
-    @property
-    def lease_seconds(self) -> float:
-        # Renewed every third of this while working, so only a dead exporter loses it.
-        return max(300.0, 4 * self.read_timeout)
 
 
 @dataclass
@@ -153,7 +152,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 class _Stopped(Exception):
-    """The run was asked to stop between two entities."""
+    """The run was asked to stop between two entities (or lost its claim on the work)."""
+
+
+def _check(stop: StopSignal) -> None:
+    if stop.is_set():
+        raise _Stopped
 
 
 class Exporter:
@@ -277,8 +281,11 @@ class Exporter:
         if not self._take_lease(config_id):
             summary.skipped = "another exporter is working on it"
             return summary
+        keeper = LeaseKeeper(row.name, lambda: self._take_lease(config_id),
+                             self.settings.lease_seconds, stop)
         try:
-            self._pass(row, stop, summary)
+            with keeper:
+                self._pass(row, keeper.stop, summary)
         except _Stopped:
             pass
         except Exception as error:  # a bug or a local fault must not kill the exporter
@@ -291,7 +298,7 @@ class Exporter:
                 tasks.release_lease(session, config_id, self.owner)
         return summary
 
-    def _pass(self, row: ExportConfigRow, stop: threading.Event, summary: TargetSummary) -> None:
+    def _pass(self, row: ExportConfigRow, stop: StopSignal, summary: TargetSummary) -> None:
         client = self._client(row)
         try:
             document = client.describe()
@@ -327,13 +334,12 @@ class Exporter:
             with self.database.write() as session:
                 tasks.note_target_success(session, row.config_id)
 
-    def _drain(self, row: ExportConfigRow, client: ImportClient, stop: threading.Event,
+    def _drain(self, row: ExportConfigRow, client: ImportClient, stop: StopSignal,
                summary: TargetSummary) -> bool:
         """Send due tasks until none is left (True) or the target failed (False)."""
         tried: set[uuid.UUID] = set()
         due_count, due_bytes = self._due_work(row.config_id)
         self.reporter.add_work(row.name, due_count, due_bytes)
-        lease_renewed = time.monotonic()
         sender = self._batch_sender(row, client)
         # With protocol v2 a batch of tasks is one exchange, as large as the target takes.
         batch_size = sender.max_entities if sender else self.settings.batch_size
@@ -345,31 +351,19 @@ class Exporter:
                 return True
             batch, started = Batch(), time.monotonic()
             if sender is not None:
-                lease_renewed = self._renew_lease(row, stop, lease_renewed)
+                _check(stop)
                 tried.update(task.entity_id for task in batch_tasks)
                 if not self._send_batch(row, sender, batch_tasks, stop, summary, batch):
                     return False
             else:
                 for task in batch_tasks:
-                    lease_renewed = self._renew_lease(row, stop, lease_renewed)
+                    _check(stop)
                     tried.add(task.entity_id)
                     if not self._send(row, client, task, stop, summary, batch):
                         return False
             batch.seconds = time.monotonic() - started
             batch.pending_after = self._pending_count(row.config_id)
             self.reporter.batch_done(row.name, batch)
-
-    def _renew_lease(self, row: ExportConfigRow, stop: threading.Event, renewed: float) -> float:
-        """Stop if asked to, renew the claim on the configuration when due; when renewed."""
-        if stop.is_set():
-            raise _Stopped
-        if time.monotonic() - renewed <= self.settings.lease_seconds / 3:
-            return renewed
-        if not self._take_lease(row.config_id):
-            log.warning("export %s: another exporter took this configuration over "
-                        "(this one was too slow to renew its claim); leaving it", row.name)
-            raise _Stopped
-        return time.monotonic()
 
     def _entity_of(self, row: ExportConfigRow, task: tasks.Task, summary: TargetSummary,
                    batch: Batch):
@@ -384,7 +378,7 @@ class Exporter:
         return entity
 
     def _send(self, row: ExportConfigRow, client: ImportClient, task: tasks.Task,
-              stop: threading.Event, summary: TargetSummary, batch: Batch) -> bool:
+              stop: StopSignal, summary: TargetSummary, batch: Batch) -> bool:
         """Send one task's entity with the legacy handshake and record the outcome; False
         if the target failed."""
         batch.entities += 1
@@ -403,7 +397,7 @@ class Exporter:
         return self._record(row, task, entity, result, summary, batch)
 
     def _send_batch(self, row: ExportConfigRow, sender: BatchSender, batch_tasks: list[tasks.Task],
-                    stop: threading.Event, summary: TargetSummary, batch: Batch) -> bool:
+                    stop: StopSignal, summary: TargetSummary, batch: Batch) -> bool:
         """Send a batch of tasks' entities with protocol v2 and record each outcome; False
         if the target failed (no outcome is recorded then: the next plan finds what the
         target already holds, so nothing is sent twice)."""
