@@ -190,6 +190,13 @@ class CuttingProxy:
                 client.sendall(data)
         except OSError:
             pass
+        # The server closed its end (or died): so does the proxy, or a client waiting for
+        # an answer would wait out its read timeout instead of seeing the connection go.
+        for sock in (client, upstream):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self._stopped = True
