@@ -164,9 +164,11 @@ class BatchImporter:
                                        message=str(error), field=error.path))
         parsed = {status.status_id: status for status in results if isinstance(status, CameraStatus)}
         with self.database.write() as session:
-            # In id order, whatever the request's: two exporters sending the same statuses
-            # in different orders would otherwise wait for each other's rows for ever.
-            for status_id in sorted(store.missing_statuses(session, parsed)):
+            # In camera lock order, whatever the request's: two exporters sending the same
+            # statuses in different orders would otherwise wait for each other for ever.
+            # Oldest first within a camera, so the intervals close as they go.
+            for status_id in sorted(store.missing_statuses(session, parsed),
+                                    key=lambda status_id: _status_order(parsed[status_id])):
                 try:
                     with session.begin_nested():
                         store.insert_status(session, parsed[status_id], source)
@@ -398,3 +400,8 @@ def _stored_ids(session: Session, typed_ids: Iterable[tuple[str, uuid.UUID]]) ->
         stored |= set(session.scalars(
             select(FileRecordRow.file_id).where(FileRecordRow.file_id.in_(files))))
     return stored
+
+
+def _status_order(status: CameraStatus) -> tuple:
+    return (store.status_lock_key(status.camera_id), status.camera_id, status.valid_from,
+            status.status_id)

@@ -6,12 +6,13 @@ record and everything it needs are stored together or not at all.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Collection, Iterable, Mapping, Sequence
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -228,12 +229,15 @@ def note_upload_failure(session: Session, file_id: uuid.UUID, md5: str,
     """Count a failed upload of ``file_id``. Failures before ``window_start_ms`` no longer
     count (see :func:`recent_upload_failures`), so a failure after them starts afresh."""
     now = now_ms()
-    # The row is made first if need be, so that two failures at once both lock it and
-    # count, rather than both inserting it.
-    upsert(session, UploadFailureRow, dict(file_id=file_id, attempts=0, first_failed_at=now,
-                                           last_failed_at=now, last_md5=md5),
-           key=["file_id"], update_columns=[])
-    row = session.get(UploadFailureRow, file_id, with_for_update=True, populate_existing=True)
+    row = None
+    while row is None:
+        # The row is made first if need be, so that two failures at once both lock it and
+        # count, rather than both inserting it. A good upload committed in between
+        # deletes it: then it is made again, and this failure is the first.
+        upsert(session, UploadFailureRow, dict(file_id=file_id, attempts=0, first_failed_at=now,
+                                               last_failed_at=now, last_md5=md5),
+               key=["file_id"], update_columns=[])
+        row = session.get(UploadFailureRow, file_id, with_for_update=True, populate_existing=True)
     if row.attempts == 0:
         row.attempts = 1
     elif row.last_failed_at < window_start_ms:
@@ -355,30 +359,56 @@ def event_from_row(row: EventRow) -> Event:
 # Writes ----------------------------------------------------------------------------
 
 def insert_status(session: Session, status: CameraStatus, source: Source = LOCAL) -> None:
-    """Store a new camera status; a camera has one current status at a time.
+    """Store a new camera status; a camera has one status in force at a time.
 
-    The camera's open-ended status valid from no later than ``status`` ends where
-    ``status`` begins, and ``status``, if open-ended but older than another of the camera's
-    statuses, ends where the next one begins. A camera node records its statuses so, and a
-    server that imports them the same way ends up with the same intervals, though the
-    protocol never sends a status again once its end is known.
+    Intervals never overlap: a status of the camera from before ``status`` that would
+    still be in force when ``status`` begins ends there, and ``status`` ends where the
+    camera's next status begins, if that is before its own end. A node ends each status
+    where the next begins, so a server ends up with the node's intervals whatever order
+    the statuses arrive in, though the protocol never sends a status again once its end
+    is known. An end the node gave earlier than that (the camera was off) is kept.
+
+    Writers of one camera's statuses take turns (see :func:`lock_camera_statuses`), or
+    two at once would each keep theirs in force.
     """
+    lock_camera_statuses(session, status.camera_id)
     received_at = now_ms()
     session.execute(update(CameraStatusRow)
                     .where(CameraStatusRow.camera_id == status.camera_id,
-                           CameraStatusRow.valid_to.is_(None),
-                           CameraStatusRow.valid_from <= status.valid_from)
+                           CameraStatusRow.valid_from <= status.valid_from,
+                           or_(CameraStatusRow.valid_to.is_(None),
+                               CameraStatusRow.valid_to > status.valid_from))
                     .values(valid_to=status.valid_from))
-    if status.valid_to is None:
-        next_from = session.scalar(select(func.min(CameraStatusRow.valid_from)).where(
-            CameraStatusRow.camera_id == status.camera_id,
-            CameraStatusRow.valid_from > status.valid_from))
-        if next_from is not None:
-            status = dataclasses.replace(status, valid_to=next_from)
+    next_from = session.scalar(select(func.min(CameraStatusRow.valid_from)).where(
+        CameraStatusRow.camera_id == status.camera_id,
+        CameraStatusRow.valid_from > status.valid_from))
+    if next_from is not None and (status.valid_to is None or status.valid_to > next_from):
+        status = dataclasses.replace(status, valid_to=next_from)
     session.add(_status_row(status, source, received_at))
     session.flush()
     feed.record_arrival(session, "status", status.status_id, status.camera_id,
                         status.valid_from, received_at)
+
+
+# pg_advisory_xact_lock(class, key) keys: this class is camera statuses; the key a hash of
+# the camera id. Locks on other rows (the camera registry's) are taken at commit by every
+# writer, so a lock of their own keeps status writers from waiting on those in a cycle.
+_STATUS_LOCK_CLASS = 0x6D70  # "mp"
+
+
+def status_lock_key(camera_id: str) -> int:
+    """The advisory lock key of a camera's statuses (a signed 32-bit hash of its id)."""
+    digest = hashlib.blake2b(camera_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_camera_statuses(session: Session, camera_id: str) -> None:
+    """Wait until no other transaction is writing ``camera_id``'s statuses; held until
+    this one ends. A transaction writing several cameras' statuses must take the locks
+    in :func:`status_lock_key` order. SQLite needs none: it runs one writer at a time."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_STATUS_LOCK_CLASS,
+                                                          status_lock_key(camera_id))))
 
 
 def insert_event(session: Session, event: Event, source: Source = LOCAL) -> list[uuid.UUID]:
