@@ -1,9 +1,11 @@
 """Downloading stored files: whole, by Range, conditionally, under the access policy."""
 from __future__ import annotations
 
+import datetime
 import uuid
 
 import pytest
+from werkzeug.http import http_date
 
 import factories
 from protocol import ProtocolClient
@@ -137,6 +139,31 @@ def test_if_range_with_the_current_etag_resumes(client, reader, stored_file):
     response = client.get(f"/files/content/{record.file_id.hex}", auth=reader,
                           headers={"Range": "bytes=10-", "If-Range": f'"{record.md5}"'})
     assert response.status_code == 206 and response.data == data[10:]
+
+
+@pytest.mark.parametrize("validator", ["weak etag", "later date", "earlier date"])
+def test_if_range_resumes_only_for_this_very_file(client, reader, stored_file, validator):
+    # RFC 9110: If-Range takes the strong ETag or exactly the Last-Modified date.
+    record, data = stored_file
+    url = f"/files/content/{record.file_id.hex}"
+    last_modified = client.get(url, auth=reader).last_modified
+    value = {"weak etag": f'W/"{record.md5}"',
+             "later date": http_date(last_modified + datetime.timedelta(hours=1)),
+             "earlier date": http_date(last_modified - datetime.timedelta(hours=1))}[validator]
+    response = client.get(url, auth=reader, headers={"Range": "bytes=10-", "If-Range": value})
+    assert response.status_code == 200 and response.data == data
+    exact = client.get(url, auth=reader,
+                       headers={"Range": "bytes=10-", "If-Range": http_date(last_modified)})
+    assert exact.status_code == 206 and exact.data == data[10:]
+
+
+def test_a_file_dated_beyond_year_9999_still_downloads(client, exporter_auth, reader, tmp_path):
+    dataset = factories.DataSet(tmp_path / "node")
+    record = dataset.add_file(factories.status(), time_ms=300_000_000_000_000)
+    ProtocolClient(client, exporter_auth).replicate(record, dataset.statuses, dataset.contents)
+    response = client.get(f"/files/content/{record.file_id.hex}", auth=reader)
+    assert response.status_code == 200 and response.data == dataset.contents[record.file_id]
+    assert response.headers["Last-Modified"] == "Fri, 31 Dec 9999 23:59:59 GMT"
 
 
 def test_a_suffix_range_gives_the_last_bytes(client, reader, stored_file):

@@ -19,6 +19,10 @@ blueprint = Blueprint("downloads", __name__)
 # A stored file's bytes never change (an import never replaces them), so caches may keep
 # them as long as they like; whether a shared cache may is the access policy's call.
 CACHE_SECONDS = 365 * 24 * 3600
+# An HTTP date reaches year 9999 at most; a file may be dated later (any time the model
+# takes), so Last-Modified stops there rather than failing.
+LATEST_HTTP_DATE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+EARLIEST_HTTP_DATE = datetime(1, 1, 1, tzinfo=timezone.utc)
 
 
 @blueprint.get("/files/content/<file_id>")
@@ -43,7 +47,7 @@ def file_content(file_id: str, file_name: str | None = None):
     if record is None or not path.is_file():
         raise ApiError(404, f"this server holds no file {file_id.hex}", "not_found")
     etag = record.md5 or file_id.hex
-    last_modified = datetime.fromtimestamp(record.file_time // 1000, timezone.utc)
+    last_modified = _http_date(record.file_time)
     environ = _environ_for_send_file(etag, last_modified)
     response = send_file(
         path, environ, mimetype=record.mime_type, conditional=True, etag=etag,
@@ -57,6 +61,15 @@ def file_content(file_id: str, file_name: str | None = None):
     return response
 
 
+def _http_date(time_ms: int) -> datetime:
+    seconds = time_ms // 1000
+    if seconds >= LATEST_HTTP_DATE.timestamp():
+        return LATEST_HTTP_DATE
+    if seconds <= EARLIEST_HTTP_DATE.timestamp():
+        return EARLIEST_HTTP_DATE
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
 def _suggested_name(name: str | None) -> str | None:
     """The name from the URL without control characters, which no header may carry."""
     if name is None:
@@ -68,12 +81,14 @@ def _environ_for_send_file(etag: str, last_modified: datetime) -> dict:
     """The request's environ with what werkzeug's send_file would get wrong settled here.
 
     werkzeug sends a failed If-Match as a 412 with the whole file as its body, ignores
-    If-Unmodified-Since, lets a Range win over a matching If-None-Match, and answers 416
-    to a Range it cannot serve; RFC 9110 says to ignore such a Range.
+    If-Unmodified-Since, lets a Range win over a matching If-None-Match, answers 416 to a
+    Range it cannot serve (RFC 9110 says to ignore such a Range), and lets a weak or an
+    older If-Range validator through (RFC 9110: only the strong ETag or the exact date).
     """
     environ = dict(request.environ)
     if_match = environ.pop("HTTP_IF_MATCH", None)
     if_unmodified_since = environ.pop("HTTP_IF_UNMODIFIED_SINCE", None)
+    if_range = environ.pop("HTTP_IF_RANGE", None)
     if if_match is not None:
         if not parse_etags(if_match).contains(etag):  # strong comparison; '*' matches
             raise ApiError(412, f"If-Match: the file's ETag is \"{etag}\"", "precondition_failed")
@@ -84,6 +99,17 @@ def _environ_for_send_file(etag: str, last_modified: datetime) -> dict:
         wanted = parse_range_header(environ["HTTP_RANGE"])
         # If-Match is gone from environ, so this weighs If-None-Match, If-Modified-Since.
         not_modified = not is_resource_modified(environ, etag=etag, last_modified=last_modified)
-        if not_modified or wanted is None or wanted.units != "bytes" or len(wanted.ranges) != 1:
+        if (not_modified or wanted is None or wanted.units != "bytes" or len(wanted.ranges) != 1
+                or not _if_range_holds(if_range, etag, last_modified)):
             del environ["HTTP_RANGE"]
     return environ
+
+
+def _if_range_holds(if_range: str | None, etag: str, last_modified: datetime) -> bool:
+    """Whether a Range may be served: no If-Range, or one naming this very file."""
+    if if_range is None:
+        return True
+    if_range = if_range.strip()
+    if if_range.startswith(("\"", "W/")):
+        return if_range == f'"{etag}"'
+    return parse_date(if_range) == last_modified
