@@ -4,7 +4,8 @@ A file appears at its final path only complete and verified: bytes are streamed 
 file under ``.uploads/`` (same file system) while their md5 is computed, fsynced,
 compared with the md5 the sender claimed, and only then renamed into place (and the
 directories fsynced, so the rename itself survives a crash). A crash at any moment
-leaves either no file or the whole verified file, plus at worst a stale file in
+leaves either no file or the whole verified file (which, if no index row names it yet,
+``meteorpi files gc`` removes: see ``blobs.py``), plus at worst a stale file in
 ``.uploads/`` that :meth:`FileStore.remove_stale_uploads` clears. Resumable uploads
 grow there too, one file per (file id, md5), until they are complete.
 """

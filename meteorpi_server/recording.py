@@ -1,10 +1,11 @@
 """Recording a camera's own records on its node: what the camera software (and
 ``meteorpi demo-data``) calls to store statuses, events and files locally.
 
-Bytes go into the file store first, verified against their md5; then the blob, the
-record and its meta are stored in one transaction as local records (no importing user,
-no origin server), which the exporter later sends on. A failure leaves no record, at
-worst bytes that ``meteorpi files gc`` removes.
+Bytes go into the file store first, verified against their md5, and are indexed as a
+blob (``blobs.py``); then the record and its meta are stored in one transaction as local
+records (no importing user, no origin server), which the exporter later sends on. A
+failure leaves no record, at worst bytes no record claims, which ``meteorpi files gc``
+removes.
 """
 from __future__ import annotations
 
