@@ -36,6 +36,7 @@ REQUIRE_POSTGRES = os.environ.get("METEORPI_REQUIRE_POSTGRES", "") not in ("", "
 PASSWORD = "correct horse battery staple"
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+import factories  # noqa: E402  (found through the line above)
 
 
 def _postgres_problem() -> str | None:
@@ -175,6 +176,18 @@ def make_user(services, password_hash):
 @pytest.fixture
 def exporter_auth(make_user) -> tuple[str, str]:
     return make_user("node1", "import")
+
+
+@pytest.fixture
+def camera():
+    """A camera's status, with every field set (tests/helpers/factories.py)."""
+    return factories.status()
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A camera node's records and file bytes, empty to begin with."""
+    return factories.DataSet(tmp_path / "node")
 
 
 def free_port() -> int:

@@ -12,16 +12,6 @@ from meteorpi_server import store
 from meteorpi_server.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE, header_line
 
 
-@pytest.fixture
-def dataset(tmp_path):
-    return factories.DataSet(tmp_path / "node")
-
-
-@pytest.fixture
-def camera():
-    return factories.status()
-
-
 class BatchClient:
     def __init__(self, client, auth):
         self.client, self.auth = client, auth

@@ -14,7 +14,6 @@ import threading
 import pytest
 from sqlalchemy import update
 
-import factories
 from protocol import ProtocolClient
 from meteorpi_model import md5_bytes
 from meteorpi_server import store
@@ -29,16 +28,6 @@ COMPETITOR_HEAD_START = 0.5
 @pytest.fixture
 def node(client, exporter_auth):
     return ProtocolClient(client, exporter_auth)
-
-
-@pytest.fixture
-def camera():
-    return factories.status()
-
-
-@pytest.fixture
-def dataset(tmp_path):
-    return factories.DataSet(tmp_path / "node")
 
 
 def held(services, file_id):

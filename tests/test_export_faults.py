@@ -14,29 +14,17 @@ from sqlalchemy import select
 from werkzeug.wrappers import Request, Response
 
 from conftest import PASSWORD
-from export_nodes import (EXPORT_USER, ImportLog, extra_postgres_databases,  # noqa: F401
-                          faulty_target, make_node, node_database, record_ids, wait_until)
-from meteorpi_model import EventSearch, ExportConfiguration
+from export_nodes import (ImportLog, add_export, extra_postgres_databases,  # noqa: F401
+                          faulty_target, make_node, node_database, record_ids, status_of,
+                          wait_until)
 from meteorpi_server import store
 from meteorpi_server.demo import DemoPlan, generate
-from meteorpi_server.exporter import configs, report, tasks
+from meteorpi_server.exporter import configs, tasks
 from meteorpi_server.exporter.tasks import Backoff
 from meteorpi_server.orm import ExportTaskRow
 
 SMALL_NIGHT = DemoPlan(cameras=2, nights=1, events_per_night=3, files_per_event=2,
                        standalone_files=0, file_size=500, first_night=datetime.date(2026, 11, 1))
-
-
-def add_export(node, import_url: str, name: str = "central") -> None:
-    configuration = ExportConfiguration(config_id=uuid.uuid4(), name=name, target_url=import_url,
-                                        user_id=EXPORT_USER, password=PASSWORD, search=EventSearch())
-    with node.services.database.write() as session:
-        configs.add(session, configuration)
-
-
-def status_of(node, name: str = "central") -> report.ConfigStatus:
-    with node.services.database.read() as session:
-        return report.gather(session, name)[0]
 
 
 @pytest.fixture

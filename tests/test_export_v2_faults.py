@@ -11,12 +11,10 @@ import pytest
 from sqlalchemy import select
 from werkzeug.wrappers import Request, Response
 
-from conftest import PASSWORD
-from export_nodes import (EXPORT_USER, extra_postgres_databases, make_node,  # noqa: F401
-                          node_database, record_ids)
-from meteorpi_model import EventSearch, ExportConfiguration
+from export_nodes import (add_export, extra_postgres_databases, make_node,  # noqa: F401
+                          node_database, record_ids, status_of)
 from meteorpi_server.demo import DemoPlan, generate
-from meteorpi_server.exporter import configs, report, tasks
+from meteorpi_server.exporter import configs, tasks
 from meteorpi_server.exporter.tasks import Backoff
 from meteorpi_server.orm import EventRow, ExportTaskRow
 
@@ -24,18 +22,6 @@ SMALL_NIGHT = DemoPlan(cameras=2, nights=1, events_per_night=3, files_per_event=
                        standalone_files=0, file_size=500, first_night=datetime.date(2026, 11, 1))
 REFUSED_CAMERA = "demo-cam-1"
 TARGET_MESSAGE = "event_type: must name a known namespace"
-
-
-def add_export(node, import_url: str, name: str = "central") -> None:
-    configuration = ExportConfiguration(config_id=uuid.uuid4(), name=name, target_url=import_url,
-                                        user_id=EXPORT_USER, password=PASSWORD, search=EventSearch())
-    with node.services.database.write() as session:
-        configs.add(session, configuration)
-
-
-def status_of(node, name: str = "central") -> report.ConfigStatus:
-    with node.services.database.read() as session:
-        return report.gather(session, name)[0]
 
 
 def events_of(node, camera_id: str) -> set[str]:

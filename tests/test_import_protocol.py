@@ -18,16 +18,6 @@ def node(client, exporter_auth):
     return ProtocolClient(client, exporter_auth)
 
 
-@pytest.fixture
-def camera():
-    return factories.status()
-
-
-@pytest.fixture
-def dataset(tmp_path):
-    return factories.DataSet(tmp_path / "node")
-
-
 def stored(services):
     with services.database.read() as session:
         return store.count_rows(session)

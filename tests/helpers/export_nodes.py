@@ -15,14 +15,17 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
+from conftest import PASSWORD
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from meteorpi_model import EventSearch, ExportConfiguration
 from meteorpi_server import create_app, store
 from meteorpi_server.config import Config
 from meteorpi_server.db import Database
+from meteorpi_server.exporter import configs, report
 from meteorpi_server.exporter.runner import Exporter, ExporterSettings
 from meteorpi_server.exporter.tasks import Backoff
 from meteorpi_server.orm import (Base, CameraStatusRow, EventRow, FileRecordRow, ServerInfoRow,
@@ -202,6 +205,22 @@ def make_node(node_database, database_url, tmp_path, password_hash):
     yield make
     for node in nodes:
         node.close()
+
+
+# Exporting ---------------------------------------------------------------------------------
+
+def add_export(node: Node, import_url: str, name: str = "central") -> None:
+    """Export every event of ``node`` to ``import_url`` as EXPORT_USER."""
+    configuration = ExportConfiguration(config_id=uuid.uuid4(), name=name, target_url=import_url,
+                                        user_id=EXPORT_USER, password=PASSWORD, search=EventSearch())
+    with node.services.database.write() as session:
+        configs.add(session, configuration)
+
+
+def status_of(node: Node, name: str = "central") -> report.ConfigStatus:
+    """What ``meteorpi export status`` reports for the configuration ``name``."""
+    with node.services.database.read() as session:
+        return report.gather(session, name)[0]
 
 
 # Comparing nodes -------------------------------------------------------------------------
