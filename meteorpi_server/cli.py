@@ -488,7 +488,8 @@ def export_run(context: Context, once: bool) -> None:
 
     from .exporter import report
     from .exporter.progress import BarReporter, reporter_for
-    from .exporter.runner import Exporter, ExporterSettings, quiet_connection_retries
+    from .exporter.runner import Exporter, ExporterSettings
+    from .exporter.target_errors import quiet_connection_retries
 
     config = context.config
     settings = ExporterSettings.from_config(config)
