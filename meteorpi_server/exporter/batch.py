@@ -173,7 +173,7 @@ class BatchSender:
     def send(self, entities: list[Event | FileRecord], progress: Progress | None = None,
              stats: BatchStats | None = None,
              stop: StopSignal | None = None) -> dict[uuid.UUID, ExportResult]:
-        """Send ``entities`` (any number: split to the target's batch limit) and return a
+        """Send ``entities`` (any number: split to the target's announced limits) and return a
         result for each, keyed by entity id.
 
         ``progress`` gets the file bytes confirmed, one call at a time, although uploads
