@@ -98,6 +98,12 @@ def _plan_file(record: FileRecord, event_status_id: uuid.UUID) -> dict:
     return entry
 
 
+def _plan_size_bound(entity: Event | FileRecord) -> int:
+    # Ids and md5s are 32 characters: an entry is at most about 100 bytes, and as much
+    # again for each of its files.
+    return 128 + 128 * len(files_of(entity))
+
+
 def _record_entry(entity: Event | FileRecord) -> dict:
     return {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()}
 
@@ -189,8 +195,10 @@ class BatchSender:
         stop = stop if stop is not None else threading.Event()
         results: dict[uuid.UUID, ExportResult] = {}
         plannable = [entity for entity in entities if _plannable(entity)]
-        # A batch's records request is its largest, so its size decides the split.
-        sizes = [_json_size(_record_entry(entity)) for entity in plannable]
+        # The plan's entries have a bounded size; the records request is split apart
+        # (only what the target lacks is serialised for it, so a batch the target holds
+        # costs one small request).
+        sizes = [_plan_size_bound(entity) for entity in plannable]
         for batch in _in_parts(plannable, sizes, self.max_entities, self.max_json_bytes):
             if stop.is_set():
                 return results
@@ -270,11 +278,21 @@ class BatchSender:
                 waiting.remove(entity)
         if not waiting:
             return results
-        reply = self._post("records", {"entities": [_record_entry(entity) for entity in waiting]},
-                           stats)
-        outcomes = {entry_id: (state, entry) for entry_id, state, entry
-                    in _outcomes(reply, "results", "records", RECORD_STATES)}
+        fitting, sizes = [], []
         for entity in waiting:
+            entry = _record_entry(entity)
+            size = _json_size(entry)
+            if size <= self.max_json_bytes:
+                fitting.append((entity, entry))
+                sizes.append(size)
+            elif not stop.is_set():  # larger than the target takes: the handshake tells
+                results[entity.id] = self._fallback(entity, progress, stats)
+        outcomes = {}
+        for part in _in_parts(fitting, sizes, self.max_entities, self.max_json_bytes):
+            reply = self._post("records", {"entities": [entry for _, entry in part]}, stats)
+            outcomes.update({entry_id: (state, entry) for entry_id, state, entry
+                             in _outcomes(reply, "results", "records", RECORD_STATES)})
+        for entity, _ in fitting:
             if entity.id not in outcomes:
                 raise _outside(f"batch records gave no result for {entity.ENTITY_TYPE} "
                                f"{entity.id.hex}")
