@@ -361,6 +361,12 @@ def test_a_target_that_answers_who_it_is_but_fails_every_import_is_still_disable
 
 # Targets that fail part-way through (the legacy handshake) ---------------------------------
 
+# The exporter's read timeout against a MidExchangeFault: long enough for a loaded
+# machine's real answers, short against how long a "slow" fault keeps silent.
+MID_EXCHANGE_READ_TIMEOUT = 2.0
+SLOW_SECONDS = 10
+
+
 class MidExchangeFault:
     """A real target, logged by ImportLog, that starts to misbehave part-way through a run:
     once it has completed ``after`` entities it lets ``let_through`` more requests pass
@@ -390,7 +396,7 @@ class MidExchangeFault:
             if not fail:
                 return self.log(environ, start_response)
             if self.mode == "slow":
-                self._release.wait(3)
+                self._release.wait(SLOW_SECONDS)
             if self.mode == "close":
                 environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
                 start_response("200 OK", [])
@@ -413,7 +419,8 @@ def test_a_target_failing_mid_exchange_loses_nothing_and_a_later_run_completes(
     fault = MidExchangeFault(mode)
     target = make_node("central", 0, batch_protocol=False).serve(fault.wrap)
     add_export(source, target.import_url)
-    summary = source.exporter(read_timeout=0.5, backoff=Backoff(60_000, 600_000)).run_once()
+    summary = source.exporter(read_timeout=MID_EXCHANGE_READ_TIMEOUT,
+                              backoff=Backoff(60_000, 600_000)).run_once()
     fault_hit = fault.failed
     assert fault_hit >= 1, "the fault must have been reached"
     assert summary.targets["central"].target_failures == 1
