@@ -15,6 +15,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
+from typing import Callable
 
 import requests
 
@@ -130,6 +131,21 @@ class _TooLarge(TargetError):
     """The target (or a proxy before it) answered 413: the request was too large for it."""
 
 
+def _halving_on_413(items: list, send: Callable[[list], dict],
+                    alone: Callable[[object], dict]) -> dict:
+    """``send(items)``; if the target finds the request too large (a proxy before it may
+    take less than the target announces), each half the same way, and an item too large
+    on its own to ``alone(item)``. Returns the replies' results, merged."""
+    try:
+        return send(items)
+    except _TooLarge as error:
+        if len(items) == 1:
+            return alone(items[0])
+        log.info("%s; sending those %d in halves", error, len(items))
+    half = len(items) // 2
+    return {**_halving_on_413(items[:half], send, alone), **_halving_on_413(items[half:], send, alone)}
+
+
 class BatchSender:
     """Sends batches of events and stand-alone files to a target that speaks protocol v2."""
 
@@ -200,31 +216,15 @@ class BatchSender:
         # costs one small request).
         sizes = [_plan_size_bound(entity) for entity in plannable]
         for batch in _in_parts(plannable, sizes, self.max_entities, self.max_json_bytes):
-            if stop.is_set():
-                return results
-            results.update(self._send_fitting(batch, progress, stats, stop))
+            results.update(_halving_on_413(
+                batch, lambda part: {} if stop.is_set() else self._send_batch(part, progress, stats, stop),
+                lambda entity: {entity.id: self._fallback(entity, progress, stats)}))
         planned = {entity.id for entity in plannable}
         for entity in entities:  # files without a recorded md5 cannot be planned
             if entity.id not in planned:
                 if stop.is_set():
                     break
                 results[entity.id] = self._fallback(entity, progress, stats)
-        return results
-
-    def _send_fitting(self, entities, progress, stats, stop) -> dict[uuid.UUID, ExportResult]:
-        """Send one batch; if the target finds a request of it too large (a proxy before
-        it may take less than the target announces), send it again in halves, and an
-        entity too large on its own by the legacy handshake, which gives its own result."""
-        try:
-            return self._send_batch(entities, progress, stats, stop)
-        except _TooLarge as error:
-            if len(entities) == 1:
-                return {entities[0].id: self._fallback(entities[0], progress, stats)}
-            log.info("%s; sending the batch of %d in halves", error, len(entities))
-        half = len(entities) // 2
-        results = self._send_fitting(entities[:half], progress, stats, stop)
-        if not stop.is_set():
-            results.update(self._send_fitting(entities[half:], progress, stats, stop))
         return results
 
     def _post(self, operation: str, document: dict, stats: BatchStats) -> dict:
@@ -311,20 +311,16 @@ class BatchSender:
         statuses = [self.source.status(status_id) for status_id in status_ids]
         statuses = [status.to_dict() for status in statuses if status is not None]
         sizes = [_json_size(status) for status in statuses]
-        for part in _in_parts(statuses, sizes, self.max_entities, self.max_json_bytes):
-            self._send_status_part(part, stats)
 
-    def _send_status_part(self, statuses: list[dict], stats: BatchStats) -> None:
-        try:
-            self._post("statuses", {"statuses": statuses}, stats)
-        except _TooLarge:
-            if len(statuses) == 1:
-                # Left to the records request, which answers need_status for the entities
-                # that need it; the legacy handshake then gives each its own result.
-                return
-            half = len(statuses) // 2
-            self._send_status_part(statuses[:half], stats)
-            self._send_status_part(statuses[half:], stats)
+        def send(some: list[dict]) -> dict:
+            self._post("statuses", {"statuses": some}, stats)
+            return {}
+
+        for part in _in_parts(statuses, sizes, self.max_entities, self.max_json_bytes):
+            # A status too large on its own is left to the records request, which answers
+            # need_status for the entities that need it; the legacy handshake then gives
+            # each its own result.
+            _halving_on_413(part, send, lambda status: {})
 
     def _upload_files(self, needed: list[tuple[uuid.UUID, int]], entities, progress,
                       stats: BatchStats, stop: StopSignal) -> dict[uuid.UUID, str | None]:
