@@ -1,6 +1,6 @@
 """The entities camera nodes exchange: camera statuses, files and events.
 
-Each entity converts to and from the legacy JSON wire format of PROTOCOL.md
+Each entity converts to and from the legacy JSON wire format of docs/protocol.rst
 with ``to_dict()`` and ``from_dict()``. Constructors validate their arguments
 too, so an entity that exists is always one the wire format can carry.
 Constructors are strict about types (ids are ``uuid.UUID``, types and keys are
@@ -145,7 +145,7 @@ class CameraStatus:
         return self.status_id
 
     def to_dict(self) -> dict:
-        """The PROTOCOL.md wire form; absent optional fields are omitted."""
+        """The docs/protocol.rst wire form; absent optional fields are omitted."""
         data: dict[str, Any] = {"camera_id": self.camera_id, "status_id": format_id(self.status_id)}
         for name in ("lens", "sensor", "inst_url", "inst_name"):
             if getattr(self, name) is not None:
@@ -225,7 +225,7 @@ class FileRecord:
         return self.file_id
 
     def to_dict(self) -> dict:
-        """The PROTOCOL.md wire form; absent optional fields are omitted."""
+        """The docs/protocol.rst wire form; absent optional fields are omitted."""
         data: dict[str, Any] = {
             "file_id": format_id(self.file_id),
             "camera_id": self.camera_id,
@@ -300,7 +300,7 @@ class Event:
         return self.event_id
 
     def to_dict(self) -> dict:
-        """The PROTOCOL.md wire form, files included."""
+        """The docs/protocol.rst wire form, files included."""
         return {
             "event_id": format_id(self.event_id),
             "camera_id": self.camera_id,

@@ -1,6 +1,6 @@
 """The client half of the legacy import protocol: send one entity by following the replies.
 
-Works against any server that speaks PROTOCOL.md. Transport problems (connection
+Works against any server that speaks docs/protocol.rst. Transport problems (connection
 errors, time-outs, 5xx, authentication) raise :class:`TargetError`, because they say
 something about the target rather than the entity; protocol outcomes are returned as an
 :class:`ExportResult`.

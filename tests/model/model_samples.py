@@ -1,4 +1,4 @@
-"""Wire dicts written by hand in PROTOCOL.md's shape, shared by the model tests.
+"""Wire dicts written by hand in docs/protocol.rst's shape, shared by the model tests.
 
 Each function returns a fresh dict, so a test may change it freely.
 """

@@ -1,4 +1,4 @@
-"""Hand-written dicts in PROTOCOL.md's shape parse and re-emit exactly."""
+"""Hand-written dicts in docs/protocol.rst's shape parse and re-emit exactly."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_protocol_shaped_dict_parses_and_re_emits_identically(cls, make_dict):
     wire = make_dict()
     emitted = cls.from_dict(copy.deepcopy(wire)).to_dict()
     assert emitted == wire
-    assert list(emitted) == list(wire), "keys come out in PROTOCOL.md order"
+    assert list(emitted) == list(wire), "keys come out in docs/protocol.rst order"
     assert repr(emitted) == repr(wire), "ints stay ints and floats stay floats"
 
 
