@@ -77,12 +77,10 @@ sys.path.insert(0, str(BENCH))
 import import_handshake as common  # noqa: E402  (server, database and progress helpers)
 from import_handshake import BenchError, factories, progress  # noqa: E402
 
-from meteorpi_server import store  # noqa: E402
-from meteorpi_server.db import Database  # noqa: E402
-from meteorpi_server.exporter.batch import (DEFAULT_CONCURRENCY, BatchSender,  # noqa: E402
-                                            BatchStats)
-from meteorpi_server.exporter.handshake import (ImportClient, TargetError,  # noqa: E402
-                                                export_entity)
+from meteorpi_server.storage import store  # noqa: E402
+from meteorpi_server.exporter.batch import DEFAULT_CONCURRENCY, BatchSender, BatchStats  # noqa: E402
+from meteorpi_server.exporter.handshake import ImportClient, TargetError, export_entity  # noqa: E402
+from meteorpi_server.storage.db import Database  # noqa: E402
 
 HOUR_MS = 3_600_000
 CONCURRENCIES = (2, 4, 8)

@@ -58,16 +58,16 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from meteorpi_model import EventSearch, ExportConfiguration, FileSearch
-from meteorpi_server.db import Database
-from meteorpi_server.demo import DemoPlan, generate
 from meteorpi_server.exporter import configs
 from meteorpi_server.exporter.handshake import ImportClient, export_entity
 from meteorpi_server.exporter.marking import mark
 from meteorpi_server.exporter.runner import Exporter, ExporterSettings
 from meteorpi_server.exporter.source import StoreSource
-from meteorpi_server.files import FileStore
-from meteorpi_server.orm import EventRow, FileRecordRow
-from meteorpi_server.recording import Recorder
+from meteorpi_server.node.demo import DemoPlan, generate
+from meteorpi_server.node.recording import Recorder
+from meteorpi_server.storage.db import Database
+from meteorpi_server.storage.files import FileStore
+from meteorpi_server.storage.orm import EventRow, FileRecordRow
 
 POSTGRES_URL = os.environ.get("METEORPI_BENCH_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")

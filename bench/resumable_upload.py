@@ -75,7 +75,7 @@ import yaml
 from meteorpi_server.config import Config
 from meteorpi_server.exporter.multipart import MultipartFileBody
 from meteorpi_server.exporter.resumable import DEFAULT_CHUNK_SIZE, ResumableUploader
-from meteorpi_server.files import FileStore
+from meteorpi_server.storage.files import FileStore
 
 MiB = 1 << 20
 PIECE = MiB

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from flask import Flask
-
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
@@ -49,9 +48,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from meteorpi_model import EventSearch, FileSearch  # noqa: E402
-from meteorpi_server import cameras, create_app, searching, store  # noqa: E402
-from meteorpi_server.db import Database  # noqa: E402
-from meteorpi_server.orm import Base  # noqa: E402
+from meteorpi_server import create_app  # noqa: E402
+from meteorpi_server.reading import cameras, searches  # noqa: E402
+from meteorpi_server.storage import store  # noqa: E402
+from meteorpi_server.storage.db import Database  # noqa: E402
+from meteorpi_server.storage.orm import Base  # noqa: E402
 
 POSTGRES_URL = os.environ.get("METEORPI_BENCH_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -286,7 +287,7 @@ def searches(database: Database) -> tuple[list[tuple[str, Callable[[], object]]]
 
         def run():
             with database.read() as session:
-                return searching.search_events(session, search, **options)
+                return searches.search_events(session, search, **options)
         return run
 
     def files(criteria: dict) -> Callable[[], object]:
@@ -294,7 +295,7 @@ def searches(database: Database) -> tuple[list[tuple[str, Callable[[], object]]]
 
         def run():
             with database.read() as session:
-                return searching.search_files(session, search)
+                return searches.search_files(session, search)
         return run
 
     def camera_list():
@@ -310,7 +311,7 @@ def searches(database: Database) -> tuple[list[tuple[str, Callable[[], object]]]
         return events({"camera_ids": ["cam-07"]}, cursor=first_cursor)()
 
     with database.read() as session:
-        first_cursor = searching.search_events(
+        first_cursor = searches.search_events(
             session, EventSearch.from_dict({"camera_ids": ["cam-07"]})).next
 
     app = create_app({"database_url": str(database.url.render_as_string(hide_password=False)),

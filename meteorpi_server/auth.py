@@ -22,9 +22,9 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from meteorpi_model import ROLES
 
-from .db import Database
-from .orm import UserRoleRow, UserRow
-from .store import now_ms
+from .storage.db import Database
+from .storage.orm import UserRoleRow, UserRow
+from .storage.store import now_ms
 
 MAX_NAME_LENGTH = 255
 # Checked against unknown user names so that a wrong name costs as much as a wrong password.

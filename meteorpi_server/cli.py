@@ -11,8 +11,8 @@ from meteorpi_model import ROLES
 
 from .auth import UserError, Users, VerificationCache
 from .config import Config, ConfigError, load_config
-from .db import Database, SchemaError
-from .files import FileStore
+from .storage.db import Database, SchemaError
+from .storage.files import FileStore
 
 FIRST_USER = "admin"
 
@@ -188,7 +188,7 @@ def files() -> None:
 @pass_context
 def files_gc(context: Context) -> None:
     """Remove file data that waited too long for its record, and leftovers of crashes."""
-    from .maintenance import sweep_orphan_data
+    from .storage.maintenance import sweep_orphan_data
 
     config = context.config
     result = sweep_orphan_data(context.database(), FileStore(config.file_store),
@@ -271,7 +271,7 @@ def _export_errors():
     from meteorpi_model import ValidationError
 
     from .exporter.configs import ExportConfigError
-    from .recording import RecordingError
+    from .node.recording import RecordingError
 
     @contextlib.contextmanager
     def converting():
@@ -573,9 +573,9 @@ def demo_data(context: Context, cameras: int, nights: int, events_per_night: int
               files_per_event: int, standalone_files: int, file_size: str,
               first_night) -> None:
     """Record synthetic camera data, as a camera node would, for demos and benchmarks."""
-    from .demo import DemoPlan, generate, parse_size
     from .exporter.progress import format_bytes
-    from .recording import Recorder
+    from .node.demo import DemoPlan, generate, parse_size
+    from .node.recording import Recorder
 
     try:
         size = parse_size(file_size)

@@ -5,17 +5,16 @@ import importlib
 import uuid
 from dataclasses import dataclass
 
-from . import store
-
 from .auth import Users, VerificationCache
-from .batch import BatchImporter, batch_supported
 from .config import Config, ConfigError
-from .db import Database
-from .files import FileStore
-from .importing import EntityCache, Importer
-from .maintenance import PeriodicSweep
-from .receiver import BaseImportReceiver, ReceiverContext
-from .resumable import CHECKSUM_ALGORITHMS, ResumableUploads
+from .imports.batch import BatchImporter, batch_supported
+from .imports.handshake import EntityCache, Importer
+from .imports.receivers import BaseImportReceiver, ReceiverContext
+from .imports.resumable import CHECKSUM_ALGORITHMS, ResumableUploads
+from .storage import store
+from .storage.db import Database
+from .storage.files import FileStore
+from .storage.maintenance import PeriodicSweep
 
 
 def load_receiver_class(spec: str) -> type[BaseImportReceiver]:

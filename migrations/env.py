@@ -4,7 +4,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from meteorpi_server.config import load_config
-from meteorpi_server.orm import Base
+from meteorpi_server.storage.orm import Base
 
 target_metadata = Base.metadata
 

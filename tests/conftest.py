@@ -27,8 +27,8 @@ from werkzeug.serving import make_server
 
 from meteorpi_server import create_app
 from meteorpi_server.config import Config
-from meteorpi_server.db import Database
-from meteorpi_server.orm import Base, UserRoleRow, UserRow
+from meteorpi_server.storage.db import Database
+from meteorpi_server.storage.orm import Base, UserRoleRow, UserRow
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 POSTGRES_URL = os.environ.get("METEORPI_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)

@@ -4,15 +4,16 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
+import factories
 import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-import factories
 from meteorpi_model import Meta, NSString
-from meteorpi_server import create_app, store
+from meteorpi_server import create_app
 from meteorpi_server.exporter.batch import BatchSender, BatchStats
 from meteorpi_server.exporter.handshake import ImportClient
+from meteorpi_server.storage import store
 
 
 @contextmanager
@@ -237,6 +238,7 @@ def test_a_file_the_target_refuses_fails_only_its_entity(settings, exporter_auth
 
 def test_a_target_that_cannot_be_reached_is_a_target_error(exporter_auth, tmp_path):
     from conftest import free_port
+
     from meteorpi_server.exporter.handshake import TargetError
 
     dataset = a_night(tmp_path / "node", cameras=1, events=4)

@@ -9,14 +9,14 @@ import textwrap
 import threading
 import time
 
-import pytest
-
 import factories
+import pytest
 from conftest import GunicornProcess, free_port
 from test_upload_faults import CuttingProxy
-from meteorpi_server import store
+
 from meteorpi_server.exporter.batch import BatchSender, BatchStats
 from meteorpi_server.exporter.handshake import ImportClient, TargetError
+from meteorpi_server.storage import store
 
 pytestmark = pytest.mark.slow
 

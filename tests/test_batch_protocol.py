@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import uuid
 
+import factories
 import pytest
 import requests
-
-import factories
 from protocol import ResumableClient
-from meteorpi_server import store
-from meteorpi_server.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE, header_line
+
+from meteorpi_server.imports.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE
+from meteorpi_server.imports.bundles import header_line
+from meteorpi_server.storage import store
 
 
 class BatchClient:
@@ -208,7 +209,7 @@ def test_batches_can_be_switched_off(settings, exporter_auth, camera, dataset):
 def test_a_receiver_with_its_own_rules_is_never_bypassed_by_batches(settings, exporter_auth):
     from meteorpi_server import create_app
 
-    settings["receiver"] = "meteorpi_server.receiver:BaseImportReceiver"
+    settings["receiver"] = "meteorpi_server.imports.receivers:BaseImportReceiver"
     app = create_app(settings)
     assert "batch-2" not in app.test_client().get("/import", auth=exporter_auth).get_json()["protocols"]
     app.extensions["meteorpi"].database.dispose()
@@ -216,7 +217,7 @@ def test_a_receiver_with_its_own_rules_is_never_bypassed_by_batches(settings, ex
 
 def test_the_file_stored_hook_runs_for_batched_records(settings, exporter_auth, camera, dataset, monkeypatch):
     from meteorpi_server import create_app
-    from meteorpi_server.receiver import DatabaseImportReceiver
+    from meteorpi_server.imports.receivers import DatabaseImportReceiver
 
     seen = []
     monkeypatch.setattr(DatabaseImportReceiver, "file_stored", lambda self, record, path: seen.append(record.file_id))

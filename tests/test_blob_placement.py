@@ -12,13 +12,13 @@ import io
 import threading
 
 import pytest
+from protocol import ProtocolClient
 from sqlalchemy import update
 
-from protocol import ProtocolClient
 from meteorpi_model import md5_bytes
-from meteorpi_server import store
-from meteorpi_server.maintenance import sweep_orphan_data
-from meteorpi_server.orm import StoredBlobRow
+from meteorpi_server.storage import store
+from meteorpi_server.storage.maintenance import sweep_orphan_data
+from meteorpi_server.storage.orm import StoredBlobRow
 
 # How long a test lets a competing upload run before going on: long enough for one to
 # finish if nothing holds it back. The assertions never depend on it being long enough.

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import factories
 import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from local_records import store_locally
+from protocol import ProtocolClient
 from sqlalchemy import func, select
 
-import factories
-from local_records import store_locally
-from meteorpi_server import cameras, store
-from meteorpi_server.db import MIGRATIONS_DIR
 from meteorpi_server.exporter.batch import BatchSender
 from meteorpi_server.exporter.handshake import ImportClient
-from meteorpi_server.orm import CameraRow, EventRow, FileRecordRow
-from protocol import ProtocolClient
+from meteorpi_server.reading import cameras
+from meteorpi_server.storage import store
+from meteorpi_server.storage.db import MIGRATIONS_DIR
+from meteorpi_server.storage.orm import CameraRow, EventRow, FileRecordRow
 
 
 @pytest.fixture

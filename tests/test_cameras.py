@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import factories
+import pytest
 from local_records import store_locally
-from meteorpi_server import store
-from meteorpi_server.api import cameras as cameras_api
-from meteorpi_server.cameras import MAX_META_BYTES, MAX_META_DEPTH
 from protocol import ProtocolClient
+
+from meteorpi_server.api import cameras as cameras_api
+from meteorpi_server.reading.cameras import MAX_META_BYTES, MAX_META_DEPTH
+from meteorpi_server.storage import store
 
 HOUR = 3_600_000
 

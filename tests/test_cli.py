@@ -220,7 +220,7 @@ def test_files_gc_removes_stale_leftovers_and_keeps_what_is_in_progress(config_f
     import time
     import uuid
 
-    from meteorpi_server.files import FileStore
+    from meteorpi_server.storage.files import FileStore
 
     assert meteorpi(config_file, "db", "upgrade").exit_code == 0
     files = FileStore(tmp_path / "files")

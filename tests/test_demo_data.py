@@ -5,18 +5,24 @@ import random
 import struct
 import zlib
 
+import factories
 import pytest
 import yaml
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-import factories
 from meteorpi_model import md5_bytes
-from meteorpi_server import store
 from meteorpi_server.cli import main
-from meteorpi_server.demo import PngMaker, parse_size
-from meteorpi_server.orm import CameraStatusRow, EventMetaRow, EventRow, FileMetaRow, FileRecordRow
-from meteorpi_server.recording import Recorder, RecordingError
+from meteorpi_server.node.demo import PngMaker, parse_size
+from meteorpi_server.node.recording import Recorder, RecordingError
+from meteorpi_server.storage import store
+from meteorpi_server.storage.orm import (
+    CameraStatusRow,
+    EventMetaRow,
+    EventRow,
+    FileMetaRow,
+    FileRecordRow,
+)
 
 
 @pytest.fixture

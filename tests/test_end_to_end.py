@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import threading
 
+import factories
 import pytest
 
-import factories
-from meteorpi_server import store
 from meteorpi_server.exporter.handshake import ImportClient, export_entity
-from meteorpi_server.orm import EventRow
+from meteorpi_server.storage import store
+from meteorpi_server.storage.orm import EventRow
 
 
 def night_of_data(root) -> factories.DataSet:

@@ -11,17 +11,25 @@ import uuid
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import PASSWORD
+from export_nodes import (  # noqa: F401
+    EXPORT_USER,
+    ImportLog,
+    assert_same_records,
+    extra_postgres_databases,
+    make_node,
+    node_database,
+    record_ids,
+    wait_until,
+)
 from sqlalchemy import select
 
-from conftest import PASSWORD
-from export_nodes import (EXPORT_USER, ImportLog, assert_same_records, extra_postgres_databases,  # noqa: F401
-                          make_node, node_database, record_ids, wait_until)
 from meteorpi_model import EventSearch, ExportConfiguration, FileSearch
-from meteorpi_server import store
 from meteorpi_server.cli import main
-from meteorpi_server.demo import DemoPlan, generate
 from meteorpi_server.exporter import configs, report
-from meteorpi_server.orm import CameraStatusRow
+from meteorpi_server.node.demo import DemoPlan, generate
+from meteorpi_server.storage import store
+from meteorpi_server.storage.orm import CameraStatusRow
 
 # Several cameras over several nights, with status changes (a camera re-aimed on the third).
 NIGHTS = DemoPlan(cameras=3, nights=3, events_per_night=3, files_per_event=3, standalone_files=2,
@@ -136,8 +144,8 @@ def test_a_search_limits_what_is_exported(small_source, make_node):
     small_source.exporter().run_once()
     ids = record_ids(target)
     with small_source.services.database.read() as session:
-        from meteorpi_server import searching
-        expected = {event.event_id for event in searching.search_events(
+        from meteorpi_server.reading import searches
+        expected = {event.event_id for event in searches.search_events(
             session, EventSearch(camera_ids=["demo-cam-1"], limit=1000)).items}
     assert ids["events"] == expected and ids["files"] == set()
 

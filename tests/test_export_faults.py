@@ -10,18 +10,26 @@ import threading
 import uuid
 
 import pytest
+from conftest import PASSWORD
+from export_nodes import (  # noqa: F401
+    ImportLog,
+    add_export,
+    extra_postgres_databases,
+    faulty_target,
+    make_node,
+    node_database,
+    record_ids,
+    status_of,
+    wait_until,
+)
 from sqlalchemy import select
 from werkzeug.wrappers import Request, Response
 
-from conftest import PASSWORD
-from export_nodes import (ImportLog, add_export, extra_postgres_databases,  # noqa: F401
-                          faulty_target, make_node, node_database, record_ids, status_of,
-                          wait_until)
-from meteorpi_server import store
-from meteorpi_server.demo import DemoPlan, generate
 from meteorpi_server.exporter import configs, tasks
 from meteorpi_server.exporter.tasks import Backoff
-from meteorpi_server.orm import ExportTaskRow
+from meteorpi_server.node.demo import DemoPlan, generate
+from meteorpi_server.storage import store
+from meteorpi_server.storage.orm import ExportTaskRow
 
 SMALL_NIGHT = DemoPlan(cameras=2, nights=1, events_per_night=3, files_per_event=2,
                        standalone_files=0, file_size=500, first_night=datetime.date(2026, 11, 1))

@@ -5,18 +5,18 @@ from __future__ import annotations
 import datetime
 import uuid
 
+import factories
 import pytest
 from sqlalchemy import event, select
 
-import factories
 from meteorpi_model import EventSearch, ExportConfiguration, FileSearch
-from meteorpi_server import store
-from meteorpi_server.demo import DemoPlan, generate
 from meteorpi_server.exporter import configs, tasks
 from meteorpi_server.exporter.marking import mark
 from meteorpi_server.exporter.tasks import Backoff
-from meteorpi_server.orm import ExportConfigRow, ExportTaskRow
-from meteorpi_server.recording import Recorder
+from meteorpi_server.node.demo import DemoPlan, generate
+from meteorpi_server.node.recording import Recorder
+from meteorpi_server.storage import store
+from meteorpi_server.storage.orm import ExportConfigRow, ExportTaskRow
 
 PLAN = DemoPlan(cameras=2, nights=2, events_per_night=3, files_per_event=2, standalone_files=2,
                 file_size=100, first_night=datetime.date(2026, 11, 1))
@@ -52,7 +52,7 @@ def task_ids(services, config_id) -> set[uuid.UUID]:
 
 
 def events_of(services, camera_id=None) -> set[uuid.UUID]:
-    from meteorpi_server.orm import EventRow
+    from meteorpi_server.storage.orm import EventRow
 
     with services.database.read() as session:
         query = select(EventRow.event_id)

@@ -8,15 +8,21 @@ import json
 import uuid
 
 import pytest
+from export_nodes import (  # noqa: F401
+    add_export,
+    extra_postgres_databases,
+    make_node,
+    node_database,
+    record_ids,
+    status_of,
+)
 from sqlalchemy import select
 from werkzeug.wrappers import Request, Response
 
-from export_nodes import (add_export, extra_postgres_databases, make_node,  # noqa: F401
-                          node_database, record_ids, status_of)
-from meteorpi_server.demo import DemoPlan, generate
 from meteorpi_server.exporter import configs, tasks
 from meteorpi_server.exporter.tasks import Backoff
-from meteorpi_server.orm import EventRow, ExportTaskRow
+from meteorpi_server.node.demo import DemoPlan, generate
+from meteorpi_server.storage.orm import EventRow, ExportTaskRow
 
 SMALL_NIGHT = DemoPlan(cameras=2, nights=1, events_per_night=3, files_per_event=2,
                        standalone_files=0, file_size=500, first_night=datetime.date(2026, 11, 1))

@@ -8,14 +8,19 @@ import uuid
 
 import pytest
 import trustme
-
 from conftest import PASSWORD
-from export_nodes import (EXPORT_USER, extra_postgres_databases, make_node,  # noqa: F401
-                          node_database, record_ids)
+from export_nodes import (  # noqa: F401
+    EXPORT_USER,
+    extra_postgres_databases,
+    make_node,
+    node_database,
+    record_ids,
+)
+
 from meteorpi_model import EventSearch, ExportConfiguration
-from meteorpi_server.demo import DemoPlan, generate
 from meteorpi_server.exporter import configs, report
 from meteorpi_server.exporter.handshake import target_session
+from meteorpi_server.node.demo import DemoPlan, generate
 
 NIGHT = DemoPlan(cameras=1, nights=1, events_per_night=2, files_per_event=1, standalone_files=0,
                  file_size=500, first_night=datetime.date(2026, 11, 1))

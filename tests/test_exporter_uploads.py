@@ -12,18 +12,23 @@ from typing import Callable
 
 import pytest
 import requests
+from conftest import PASSWORD
+from export_nodes import (  # noqa: F401
+    EXPORT_USER,
+    extra_postgres_databases,
+    make_node,
+    node_database,
+    record_ids,
+)
 from werkzeug.wrappers import Request
 
-from conftest import PASSWORD
-from export_nodes import (EXPORT_USER, extra_postgres_databases, make_node,  # noqa: F401
-                          node_database, record_ids)
 from meteorpi_model import EventSearch, ExportConfiguration, md5_bytes
 from meteorpi_server.config import Config
-from meteorpi_server.demo import DemoPlan, generate
 from meteorpi_server.exporter import configs, resumable
 from meteorpi_server.exporter.handshake import target_session
 from meteorpi_server.exporter.resumable import ResumableUploader, UploadFailed
 from meteorpi_server.exporter.runner import Exporter, ExporterSettings
+from meteorpi_server.node.demo import DemoPlan, generate
 
 DATA = bytes(range(256)) * 40  # 10 KiB
 MD5 = md5_bytes(DATA)
@@ -232,7 +237,12 @@ def test_a_413_the_targets_limits_do_not_explain_refuses_the_file(data_file, pau
 def test_auth_and_url_errors_mid_upload_are_the_targets_trouble_not_the_entitys(
         tmp_path, pauses, status, on):
     import factories
-    from meteorpi_server.exporter.handshake import ImportClient, TargetError, export_entity
+
+    from meteorpi_server.exporter.handshake import (
+        ImportClient,
+        TargetError,
+        export_entity,
+    )
 
     class WrongTarget:
         headers: dict = {}
@@ -271,6 +281,7 @@ def test_an_upload_the_target_holds_under_another_length_is_tried_again_later(da
 
 def test_a_target_asking_for_the_same_file_again_and_again_gets_it_three_times(tmp_path):
     import factories
+
     from meteorpi_server.exporter.handshake import ImportClient, _Answer, export_entity
 
     dataset = factories.DataSet(tmp_path / "node")

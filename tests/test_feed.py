@@ -5,16 +5,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import factories
 import pytest
 import requests
+from local_records import store_locally
+from protocol import ProtocolClient
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
-import factories
-from local_records import store_locally
-from meteorpi_server import feed, store
-from meteorpi_server.orm import FeedCounterRow
-from protocol import ProtocolClient
+from meteorpi_server.storage import feed, store
+from meteorpi_server.storage.orm import FeedCounterRow
 
 
 @pytest.fixture

@@ -4,17 +4,23 @@ from __future__ import annotations
 import secrets
 import uuid
 
+import factories
 import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from local_records import store_locally
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import make_url
 
-import factories
-from local_records import store_locally
-from meteorpi_server.db import MIGRATIONS_DIR, Database
-from meteorpi_server.orm import (CameraRow, CameraStatusRow, ChangeRow, EventRow,
-                                 FeedCounterRow, FileRecordRow)
+from meteorpi_server.storage.db import MIGRATIONS_DIR, Database
+from meteorpi_server.storage.orm import (
+    CameraRow,
+    CameraStatusRow,
+    ChangeRow,
+    EventRow,
+    FeedCounterRow,
+    FileRecordRow,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

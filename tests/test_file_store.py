@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from meteorpi_model import md5_bytes
-from meteorpi_server.files import FileStore, Md5Mismatch, TooLarge
+from meteorpi_server.storage.files import FileStore, Md5Mismatch, TooLarge
 
 DATA = bytes(range(256)) * 5000  # a little over 1 MiB: several read pieces
 
@@ -122,7 +122,7 @@ def test_a_whole_file_upload_in_progress_is_never_swept_away(files):
 
 @pytest.mark.parametrize("syncfs", ["syncfs", "fsync fallback"])
 def test_a_group_shows_its_files_only_once_committed(files, monkeypatch, syncfs):
-    from meteorpi_server import files as files_module
+    from meteorpi_server.storage import files as files_module
 
     if syncfs != "syncfs":
         monkeypatch.setattr(files_module, "_SYNCFS", None)
@@ -144,7 +144,7 @@ def test_a_group_shows_its_files_only_once_committed(files, monkeypatch, syncfs)
 def test_an_upload_appended_to_between_the_sweeps_look_and_its_lock_is_kept(files, monkeypatch):
     import os
 
-    from meteorpi_server import files as files_module
+    from meteorpi_server.storage import files as files_module
 
     files.uploads.mkdir(parents=True)
     partial = files.uploads / "partial"

@@ -4,11 +4,11 @@ from __future__ import annotations
 import io
 import uuid
 
+import factories
 import pytest
 
-import factories
 from meteorpi_model import md5_bytes
-from meteorpi_server import store
+from meteorpi_server.storage import store
 
 CAMERA = factories.status()
 GOOD_EVENT = factories.event(CAMERA, [])

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 import factories
+import pytest
 from protocol import ProtocolClient
-from meteorpi_model import md5_bytes
-from meteorpi_server import store
-from meteorpi_server.orm import StoredBlobRow
 from sqlalchemy import update
+
+from meteorpi_model import md5_bytes
+from meteorpi_server.storage import store
+from meteorpi_server.storage.orm import StoredBlobRow
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_a_stored_event_keeps_its_files_bytes_and_who_sent_it(node, camera, data
     for record in event.files:
         assert services.files.path_for(record.file_id).read_bytes() == dataset.contents[record.file_id]
     with services.database.read() as session:
-        from meteorpi_server.orm import EventRow
+        from meteorpi_server.storage.orm import EventRow
         row = session.get(EventRow, event.event_id)
         assert row.imported_by == "node1"
         assert row.received_at > 0
@@ -173,7 +173,7 @@ def test_a_good_upload_after_failures_lets_the_import_finish(node, camera, datas
 
 def test_failed_uploads_older_than_the_window_no_longer_count(node, camera, dataset, services,
                                                               monkeypatch):
-    from meteorpi_server import store as store_module
+    from meteorpi_server.storage import store as store_module
 
     event = dataset.add_event(camera, file_count=1)
     record = event.files[0]
@@ -242,7 +242,7 @@ def test_bytes_of_a_stored_file_are_never_replaced(node, camera, dataset, servic
 def test_uploaded_bytes_whose_record_never_arrives_are_removed_after_the_wait(
         settings, exporter_auth, camera, dataset):
     from meteorpi_server import create_app
-    from meteorpi_server.maintenance import sweep_orphan_data
+    from meteorpi_server.storage.maintenance import sweep_orphan_data
 
     settings["orphan_data_seconds"] = 1
     app = create_app(settings)
@@ -270,7 +270,7 @@ def test_bytes_that_arrive_before_their_record_are_used_when_it_comes(node, came
 def test_the_receiver_class_comes_from_configuration(settings, exporter_auth, camera, dataset):
     from meteorpi_server import create_app
 
-    settings["receiver"] = "meteorpi_server.receiver:BaseImportReceiver"
+    settings["receiver"] = "meteorpi_server.imports.receivers:BaseImportReceiver"
     app = create_app(settings)
     node = ProtocolClient(app.test_client(), exporter_auth)
     event = dataset.add_event(camera, file_count=2)
@@ -321,7 +321,7 @@ def test_the_server_describes_what_it_speaks(client, exporter_auth, services):
 
 
 def test_records_remember_the_server_they_came_from(client, exporter_auth, camera, dataset, services):
-    from meteorpi_server.orm import CameraStatusRow, EventRow
+    from meteorpi_server.storage.orm import CameraStatusRow, EventRow
 
     origin = uuid.uuid4()
     event = dataset.add_event(camera, file_count=0)
@@ -335,7 +335,7 @@ def test_records_remember_the_server_they_came_from(client, exporter_auth, camer
 
 
 def test_a_legacy_node_without_an_origin_header_is_recorded_without_one(node, camera, dataset, services):
-    from meteorpi_server.orm import EventRow
+    from meteorpi_server.storage.orm import EventRow
 
     event = dataset.add_event(camera, file_count=0)
     node.replicate(event, dataset.statuses, dataset.contents)

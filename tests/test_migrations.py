@@ -5,8 +5,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from meteorpi_server.db import Database
-from meteorpi_server.orm import Base
+from meteorpi_server.storage.db import Database
+from meteorpi_server.storage.orm import Base
 
 
 def test_the_migrated_schema_matches_the_models(database_url):

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 import factories
+import pytest
 from local_records import fresh_database_url, store_locally
-from meteorpi_model import EventSearch, FileSearch, Location, Meta, NSString
-from meteorpi_server import searching
-from meteorpi_server.db import Database
 from sqlalchemy import select
 
-from meteorpi_server.orm import EventRow, FileRecordRow
+from meteorpi_model import EventSearch, FileSearch, Location, Meta, NSString
+from meteorpi_server.reading import searches
+from meteorpi_server.storage.db import Database
+from meteorpi_server.storage.orm import EventRow, FileRecordRow
 
 MIDDAY = 1_699_963_200_000  # 2023-11-14 12:00:00 UTC
 HOUR = 3_600_000
@@ -169,7 +168,7 @@ EVENT_CASES = [
 def test_event_search(stored_night, search, expected):
     database, night = stored_night
     with database.read() as session:
-        page = searching.search_events(session, EventSearch.from_dict(search))
+        page = searches.search_events(session, EventSearch.from_dict(search))
     assert [night.names[event.event_id] for event in page.items] == expected
 
 
@@ -198,7 +197,7 @@ FILE_CASES = [
 def test_file_search(stored_night, search, expected):
     database, night = stored_night
     with database.read() as session:
-        page = searching.search_files(session, FileSearch.from_dict(search))
+        page = searches.search_files(session, FileSearch.from_dict(search))
     assert [night.names[record.file_id] for record in page.items] == expected
 
 
@@ -206,7 +205,7 @@ def test_file_search(stored_night, search, expected):
 def test_the_conditions_alone_select_the_same_events(stored_night, search, expected):
     # How the exporter marks tasks: ids only, no ordering or paging.
     database, night = stored_night
-    conditions = searching.event_conditions(EventSearch.from_dict(search))
+    conditions = searches.event_conditions(EventSearch.from_dict(search))
     with database.read() as session:
         ids = session.scalars(select(EventRow.event_id).where(*conditions))
         assert {night.names[event_id] for event_id in ids} == set(expected)
@@ -214,7 +213,7 @@ def test_the_conditions_alone_select_the_same_events(stored_night, search, expec
 
 def test_the_file_conditions_alone_select_stand_alone_files(stored_night):
     database, night = stored_night
-    conditions = searching.file_conditions(FileSearch(exclude_events=True))
+    conditions = searches.file_conditions(FileSearch(exclude_events=True))
     with database.read() as session:
         ids = session.scalars(select(FileRecordRow.file_id).where(*conditions))
         assert {night.names[file_id] for file_id in ids} == {"n_timelapse", "s_video"}
@@ -230,8 +229,8 @@ def test_the_file_conditions_alone_select_stand_alone_files(stored_night):
 def test_the_count_is_every_match_ignoring_limit_and_skip(stored_night, search, count):
     database, _ = stored_night
     with database.read() as session:
-        page = searching.search_events(session, EventSearch.from_dict(search), with_count=True)
-        assert page.count == count == searching.count_events(session, EventSearch.from_dict(search))
+        page = searches.search_events(session, EventSearch.from_dict(search), with_count=True)
+        assert page.count == count == searches.count_events(session, EventSearch.from_dict(search))
 
 
 def _unpaged(cases):
@@ -246,8 +245,8 @@ def test_the_count_of_every_event_search_is_its_number_of_matches(stored_night, 
     # round), so it is checked against every search's matches.
     database, _ = stored_night
     with database.read() as session:
-        counted = searching.count_events(session, EventSearch.from_dict(search))
-        legacy = searching.search_events(session, EventSearch.from_dict({**search, "limit": 1}),
+        counted = searches.count_events(session, EventSearch.from_dict(search))
+        legacy = searches.search_events(session, EventSearch.from_dict({**search, "limit": 1}),
                                          with_count=True)
     assert counted == legacy.count == len(expected)
 
@@ -257,7 +256,7 @@ def test_the_count_of_every_event_search_is_its_number_of_matches(stored_night, 
 def test_the_count_of_every_file_search_is_its_number_of_matches(stored_night, search, expected):
     database, _ = stored_night
     with database.read() as session:
-        counted = searching.count_files(session, FileSearch.from_dict(search))
-        legacy = searching.search_files(session, FileSearch.from_dict({**search, "limit": 1}),
+        counted = searches.count_files(session, FileSearch.from_dict(search))
+        legacy = searches.search_files(session, FileSearch.from_dict({**search, "limit": 1}),
                                         with_count=True)
     assert counted == legacy.count == len(expected)

@@ -6,11 +6,11 @@ import dataclasses
 import itertools
 import threading
 
+import factories
 import pytest
 
-import factories
-from meteorpi_server import store
-from meteorpi_server.orm import CameraStatusRow
+from meteorpi_server.storage import store
+from meteorpi_server.storage.orm import CameraStatusRow
 
 HOUR = 3_600_000
 # How long one writer keeps its transaction open after storing a status, so that the

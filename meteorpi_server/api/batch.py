@@ -6,9 +6,10 @@ import io
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.http import parse_options_header
 
-from ..batch import BatchError
-from ..bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE, BundleError
-from ..files import IncompleteUpload
+from ..imports.batch import BatchError
+from ..imports.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE
+from ..imports.bundles import BundleError
+from ..storage.files import IncompleteUpload
 from .errors import ApiError
 from .importer import origin_server
 from .security import current_user, requires_role
@@ -36,7 +37,7 @@ def _run(operation, *args):
 
 
 def _source():
-    from ..store import Source
+    from ..storage.store import Source
 
     return Source(current_user().name, origin_server())
 

@@ -7,8 +7,8 @@ from meteorpi_model import ValidationError
 from meteorpi_model.limits import MAX_TIME_MS
 from meteorpi_model.search import check_camera_id
 
-from .. import cameras
-from ..store import now_ms
+from ..reading import cameras
+from ..storage.store import now_ms
 from .errors import ApiError
 from .params import QueryParameters
 from .security import requires_read_access, requires_role

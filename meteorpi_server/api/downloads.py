@@ -5,12 +5,17 @@ import unicodedata
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, request
-from werkzeug.http import is_resource_modified, parse_date, parse_etags, parse_range_header
+from werkzeug.http import (
+    is_resource_modified,
+    parse_date,
+    parse_etags,
+    parse_range_header,
+)
 from werkzeug.utils import send_file
 
 from meteorpi_model import ValidationError, parse_id
 
-from .. import store
+from ..storage import store
 from .errors import ApiError
 from .security import requires_read_access
 

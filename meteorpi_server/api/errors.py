@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from meteorpi_model import ValidationError
 
-from ..importing import ProtocolError
+from ..imports.handshake import ProtocolError
 
 log = logging.getLogger("meteorpi.api")
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from .. import feed
+from ..storage import feed
 from .errors import ApiError
 from .params import QueryParameters, bad_parameter
 from .security import requires_read_access

@@ -7,8 +7,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from meteorpi_model import ValidationError, parse_id, parse_md5
 
-from ..files import IncompleteUpload
-from ..resumable import Checksum, LengthMismatch, UploadError
+from ..imports.resumable import Checksum, LengthMismatch, UploadError
+from ..storage.files import IncompleteUpload
 from .errors import ApiError, error_response
 from .security import current_user, requires_role
 from .uploads import MultipartFileField, body_read_timeout, read_json

@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from meteorpi_model import EventSearch, FileSearch, ValidationError
 
-from .. import searching
+from ..reading import searches
 from .errors import ApiError
 from .params import QueryParameters, bad_parameter
 from .security import requires_read_access
@@ -57,7 +57,7 @@ def legacy_search_events(search_json: str):
     """The original API: ``{"events": [...], "count": N}``, newest first."""
     search = _legacy_search(search_json, EventSearch.from_dict)
     with _database().read() as session:
-        page = searching.search_events(session, search, with_count=True)
+        page = searches.search_events(session, search, with_count=True)
     return jsonify({"events": [event.to_dict() for event in page.items], "count": page.count})
 
 
@@ -67,7 +67,7 @@ def legacy_search_files(search_json: str):
     """The original API: ``{"files": [...], "count": N}``, newest first."""
     search = _legacy_search(search_json, FileSearch.from_dict)
     with _database().read() as session:
-        page = searching.search_files(session, search, with_count=True)
+        page = searches.search_files(session, search, with_count=True)
     return jsonify({"files": [record.to_dict() for record in page.items], "count": page.count})
 
 
@@ -114,7 +114,7 @@ def _parse_search(parse: Callable[[Any], Any], document: dict):
         raise bad_parameter(parameter, f"is invalid at {path}: {error.message}") from None
 
 
-def _cursor(params: QueryParameters) -> tuple[searching.Cursor | None, bool]:
+def _cursor(params: QueryParameters) -> tuple[searches.Cursor | None, bool]:
     order = params.text("order")
     if order is not None and order not in ORDERS:
         raise bad_parameter("order", f"must be one of {', '.join(ORDERS)}")
@@ -122,8 +122,8 @@ def _cursor(params: QueryParameters) -> tuple[searching.Cursor | None, bool]:
     cursor = None
     if text is not None:
         try:
-            cursor = searching.Cursor.decode(text)
-        except searching.CursorError as error:
+            cursor = searches.Cursor.decode(text)
+        except searches.CursorError as error:
             raise bad_parameter("cursor", str(error)) from None
         if order is not None and cursor.descending != (order == "newest"):
             raise bad_parameter("cursor", "was made for the other order; keep the order "
@@ -132,7 +132,7 @@ def _cursor(params: QueryParameters) -> tuple[searching.Cursor | None, bool]:
     return cursor, descending
 
 
-def _page_reply(key: str, page: searching.Page, cursor: searching.Cursor | None) -> dict:
+def _page_reply(key: str, page: searches.Page, cursor: searches.Cursor | None) -> dict:
     reply: dict[str, Any] = {key: [item.to_dict() for item in page.items], "more": page.more}
     # An empty page keeps the cursor it was asked with, so a reader can ask again later.
     position = page.next or cursor
@@ -151,7 +151,7 @@ def query_events():
                            _search_document(params, {"event_type": params.text("event_type")}))
     cursor, descending = _cursor(params)
     with _database().read() as session:
-        page = searching.search_events(session, search, cursor, descending)
+        page = searches.search_events(session, search, cursor, descending)
     return jsonify(_page_reply("events", page, cursor))
 
 
@@ -166,5 +166,5 @@ def query_files():
     search = _parse_search(FileSearch.from_dict, _search_document(params, specific))
     cursor, descending = _cursor(params)
     with _database().read() as session:
-        page = searching.search_files(session, search, cursor, descending)
+        page = searches.search_files(session, search, cursor, descending)
     return jsonify(_page_reply("files", page, cursor))

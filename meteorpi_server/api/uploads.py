@@ -11,7 +11,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, File, MultipartDecoder, NeedData
 
-from ..files import IncompleteUpload
+from ..storage.files import IncompleteUpload
 from .errors import ApiError
 
 READ_SIZE = 1 << 20

@@ -21,9 +21,16 @@ import requests
 
 from meteorpi_model import Event, FileRecord, files_of
 
-from ..bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE, header_line
-from .handshake import (EntitySource, ExportResult, ImportClient, TargetError, export_entity,
-                        target_session)
+from ..imports.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE
+from ..imports.bundles import header_line
+from .handshake import (
+    EntitySource,
+    ExportResult,
+    ImportClient,
+    TargetError,
+    export_entity,
+    target_session,
+)
 from .lease import StopSignal
 from .resumable import Progress, ResumableUploader, UploadFailed, UploadRefused
 

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from meteorpi_model import EventSearch, ExportConfiguration, FileSearch, ValidationError
 
-from ..orm import ExportConfigRow, ExportTaskRow
-from ..store import now_ms
+from ..storage.orm import ExportConfigRow, ExportTaskRow
+from ..storage.store import now_ms
 
 # Names appear in URLs (/exports/<name>) and on command lines, so they stay plain.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from meteorpi_model import EventSearch
 
-from .. import searching
-from ..orm import EventRow, ExportConfigRow, ExportTaskRow, FileRecordRow
-from ..store import now_ms
+from ..reading import searches
+from ..storage.orm import EventRow, ExportConfigRow, ExportTaskRow, FileRecordRow
+from ..storage.store import now_ms
 from .configs import search_from_row
 from .tasks import PENDING
 
@@ -29,9 +29,9 @@ def _selection(row: ExportConfigRow):
     search = search_from_row(row)
     if isinstance(search, EventSearch):
         return ("event", EventRow.event_id, EventRow.event_time, EventRow.origin_server,
-                searching.event_conditions(search))
+                searches.event_conditions(search))
     # A file configuration exports stand-alone files: files of an event travel inside it.
-    conditions = searching.file_conditions(search) + [FileRecordRow.event_id.is_(None)]
+    conditions = searches.file_conditions(search) + [FileRecordRow.event_id.is_(None)]
     return ("file", FileRecordRow.file_id, FileRecordRow.file_time, FileRecordRow.origin_server,
             conditions)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from ..store import now_ms
+from ..storage.store import now_ms
 from . import configs, tasks
 from .configs import ExportView
 from .progress import format_bytes

@@ -37,14 +37,14 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from .. import store
 from ..config import Config, ConfigError
-from ..db import Database
-from ..files import FileStore
-from ..orm import ExportConfigRow, ExportTaskRow
+from ..storage import store
+from ..storage.db import Database
+from ..storage.files import FileStore
+from ..storage.orm import ExportConfigRow, ExportTaskRow
 from . import tasks
-from .configs import clip
 from .batch import DEFAULT_CONCURRENCY, INVALID, BatchSender, BatchStats
+from .configs import clip
 from .handshake import ExportResult, ImportClient, TargetError, export_entity
 from .lease import LeaseKeeper, StopSignal
 from .marking import mark

@@ -8,10 +8,10 @@ from sqlalchemy import func, or_, select
 
 from meteorpi_model import CameraStatus, Event, FileRecord, files_of
 
-from .. import store
-from ..db import Database
-from ..files import FileStore
-from ..orm import ExportTaskRow, FileRecordRow
+from ..storage import store
+from ..storage.db import Database
+from ..storage.files import FileStore
+from ..storage.orm import ExportTaskRow, FileRecordRow
 from .tasks import PENDING
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ..orm import ExportConfigRow, ExportTaskRow
-from ..store import now_ms
+from ..storage.orm import ExportConfigRow, ExportTaskRow
+from ..storage.store import now_ms
 from .configs import clip
 
 PENDING, DONE, FAILED = "pending", "done", "failed"

@@ -22,15 +22,23 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from meteorpi_model import EventSearch, ExportConfiguration
-from meteorpi_server import create_app, store
+from meteorpi_server import create_app
 from meteorpi_server.config import Config
-from meteorpi_server.db import Database
 from meteorpi_server.exporter import configs, report
 from meteorpi_server.exporter.runner import Exporter, ExporterSettings
 from meteorpi_server.exporter.tasks import Backoff
-from meteorpi_server.orm import (Base, CameraStatusRow, EventRow, FileRecordRow, ServerInfoRow,
-                                 UserRoleRow, UserRow)
-from meteorpi_server.recording import Recorder
+from meteorpi_server.node.recording import Recorder
+from meteorpi_server.storage import store
+from meteorpi_server.storage.db import Database
+from meteorpi_server.storage.orm import (
+    Base,
+    CameraStatusRow,
+    EventRow,
+    FileRecordRow,
+    ServerInfoRow,
+    UserRoleRow,
+    UserRow,
+)
 
 EXPORT_USER = "exporter"
 EXTRA_DATABASES = 3

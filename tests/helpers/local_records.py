@@ -10,9 +10,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from meteorpi_model import CameraStatus, Event, FileRecord
-from meteorpi_server import store
-from meteorpi_server.db import Database
-from meteorpi_server.orm import Base
+from meteorpi_server.storage import store
+from meteorpi_server.storage.db import Database
+from meteorpi_server.storage.orm import Base
 
 # Rows the migrations create belong to the schema (as in conftest).
 KEEP_TABLES = {"server_info"}

@@ -6,7 +6,7 @@ midnight, so a night has two statuses); events between 20:00 and 04:00, each wit
 several images and meta of every type (string, number, date); and stand-alone files
 (a time-lapse frame) spread over the night. Images are real PNGs (a night sky of noise
 and stars) of the requested size, so they open in any viewer. Everything goes through
-:class:`~meteorpi_server.recording.Recorder`, so the records and the bytes are exactly
+:class:`~meteorpi_server.node.recording.Recorder`, so the records and the bytes are exactly
 what a camera node would hold. Run again over the same nights, it records new statuses,
 and the Recorder ends each camera's current one where its successor begins, so a camera
 still has one current status.
@@ -14,8 +14,8 @@ still has one current status.
 from __future__ import annotations
 
 import datetime
-import random
 import math
+import random
 import re
 import struct
 import tempfile
@@ -26,8 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from meteorpi_model import (CameraStatus, Event, FileRecord, Location, Meta, NSString,
-                            Orientation, Point)
+from meteorpi_model import (
+    CameraStatus,
+    Event,
+    FileRecord,
+    Location,
+    Meta,
+    NSString,
+    Orientation,
+    Point,
+)
 
 from .recording import Recorder
 

@@ -17,15 +17,22 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from meteorpi_model import (CameraStatus, Event, FileRecord, ValidationError, files_of, parse_id,
-                            parse_md5)
+from meteorpi_model import (
+    CameraStatus,
+    Event,
+    FileRecord,
+    ValidationError,
+    files_of,
+    parse_id,
+    parse_md5,
+)
 
-from . import store
+from ..storage import store
+from ..storage.db import Database
+from ..storage.files import FileGroup, FileStore, Md5Mismatch
+from ..storage.orm import EventRow, FileRecordRow
 from .bundles import BundleEntry, read_bundle
-from .db import Database
-from .files import FileGroup, FileStore, Md5Mismatch
-from .orm import EventRow, FileRecordRow
-from .receiver import DatabaseImportReceiver
+from .receivers import DatabaseImportReceiver
 
 log = logging.getLogger("meteorpi.batch")
 

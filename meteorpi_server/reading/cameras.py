@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from meteorpi_model import CameraStatus
 
-from .orm import CameraRow, CameraStatusRow, EventRow, FileRecordRow
-from .store import status_from_row
+from ..storage.orm import CameraRow, CameraStatusRow, EventRow, FileRecordRow
+from ..storage.store import status_from_row
 
 #: Largest metadata document a camera may carry, as compact JSON.
 MAX_META_BYTES = 64 * 1024

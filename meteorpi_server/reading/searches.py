@@ -42,8 +42,14 @@ from sqlalchemy.orm import Session
 from meteorpi_model import Event, EventSearch, FileRecord, FileSearch, MetaConstraint
 from meteorpi_model.limits import MAX_TIME_MS
 
-from .orm import CameraStatusRow, EventMetaRow, EventRow, FileMetaRow, FileRecordRow
-from .store import event_from_row, file_record_from_row
+from ..storage.orm import (
+    CameraStatusRow,
+    EventMetaRow,
+    EventRow,
+    FileMetaRow,
+    FileRecordRow,
+)
+from ..storage.store import event_from_row, file_record_from_row
 
 T = TypeVar("T")
 

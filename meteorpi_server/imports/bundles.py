@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Iterator
 
 from meteorpi_model import ValidationError, parse_id, parse_md5
 
-from .files import IncompleteUpload
+from ..storage.files import IncompleteUpload
 
 MEDIA_TYPE = "application/vnd.meteorpi.file-bundle"
 MAX_HEADER_BYTES = 1024

@@ -33,9 +33,9 @@ from typing import BinaryIO
 
 from meteorpi_model import MD5Stream
 
-from .db import Database
-from .files import CHUNK_SIZE, FileStore
-from . import store
+from ..storage import store
+from ..storage.db import Database
+from ..storage.files import CHUNK_SIZE, FileStore
 
 log = logging.getLogger("meteorpi.upload")
 

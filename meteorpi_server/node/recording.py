@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from meteorpi_model import CameraStatus, Event, FileRecord, md5_file
 
-from . import store
-from .db import Database
-from .blobs import Blobs
-from .files import FileStore, Md5Mismatch, StoredFile
+from ..storage import store
+from ..storage.blobs import Blobs
+from ..storage.db import Database
+from ..storage.files import FileStore, Md5Mismatch, StoredFile
 
 
 class RecordingError(ValueError):

@@ -1,7 +1,7 @@
 """The /import handshake of PROTOCOL.md: requests, replies, and the entity cache.
 
 This module knows the protocol, not storage: it turns a request document into an
-:class:`ImportRequest`, hands it to a receiver (see :mod:`meteorpi_server.receiver`), and
+:class:`ImportRequest`, hands it to a receiver (see :mod:`meteorpi_server.imports.receivers`), and
 turns the receiver's decision into one of the protocol's replies.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Union
 
 from meteorpi_model import CameraStatus, Event, FileRecord, ValidationError, parse_id
 
-from .store import Source
+from ..storage.store import Source
 
 log = logging.getLogger("meteorpi.import")
 

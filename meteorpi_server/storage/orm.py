@@ -7,8 +7,19 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer,
-                        MetaData, String, UniqueConstraint, Uuid)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    Uuid,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -260,7 +271,7 @@ class FeedCounterRow(Base):
     """The single row holding the last sequence number given to a change.
 
     Writers increment it in the transaction that stores their record; its row lock makes
-    them take numbers in the order they commit (see :mod:`meteorpi_server.feed`).
+    them take numbers in the order they commit (see :mod:`meteorpi_server.storage.feed`).
     """
 
     __tablename__ = "feed_counter"

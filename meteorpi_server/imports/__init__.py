@@ -1,0 +1,1 @@
+"""Receiving records and file bytes from exporters: the legacy handshake, the receiver contract, batches, bundles and resumable uploads."""

@@ -1,0 +1,1 @@
+"""A camera node's own records: recording them, and demo data."""

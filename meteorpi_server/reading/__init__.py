@@ -1,0 +1,1 @@
+"""Reading what is stored: searches and the camera registry."""
