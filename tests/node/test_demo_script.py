@@ -14,7 +14,7 @@ import requests
 
 from conftest import free_port
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 
 

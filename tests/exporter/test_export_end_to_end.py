@@ -241,7 +241,7 @@ def test_fan_out_two_targets_finish_while_a_third_is_down_then_it_catches_up(sma
 @pytest.mark.slow
 def test_killing_the_exporter_mid_run_then_resuming_sends_nothing_twice(source, make_node, tmp_path):
     # The legacy handshake, whose requests the log can hold one entity at a time (batches:
-    # tests/test_batch_faults.py).
+    # tests/imports/test_batch_faults.py).
     target = make_node("central", 0, batch_protocol=False)
     hold_after = 5
     log = None

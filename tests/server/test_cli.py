@@ -198,7 +198,7 @@ def test_the_packages_the_command_imports_are_declared_dependencies():
     from importlib.metadata import packages_distributions
     from pathlib import Path
 
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parents[2]
     setup = configparser.ConfigParser()
     setup.read(root / "setup.cfg")
     declared = {re.split(r"[<>=!~;\[ ]", line.strip())[0].lower()

@@ -9,7 +9,7 @@ import factories
 from protocol import ProtocolClient
 from meteorpi_server import create_app
 
-README = Path(__file__).parent.parent / "README.rst"
+README = Path(__file__).parents[2] / "README.rst"
 
 
 def readme_receiver_example() -> str:

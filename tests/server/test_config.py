@@ -101,6 +101,6 @@ def test_every_setting_has_help_and_a_valid_default():
 def test_every_setting_is_documented_in_the_readme():
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.rst").read_text()
+    readme = (Path(__file__).parents[2] / "README.rst").read_text()
     missing = [setting.name for setting in SETTINGS if f"``{setting.name}``" not in readme]
     assert missing == []
