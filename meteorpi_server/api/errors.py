@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from meteorpi_model import ValidationError
 
 from ..imports.handshake import ProtocolError
+from ..protocol import FAILED
 
 log = logging.getLogger("meteorpi.api")
 
@@ -28,7 +29,7 @@ class ApiError(Exception):
 def error_response(status: int, error: str, message: str, **details):
     body = {"error": error, "message": message, **details}
     if request.path.startswith("/import"):
-        body["state"] = "failed"
+        body["state"] = FAILED
     response = jsonify(body)
     response.status_code = status
     return response

@@ -11,6 +11,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, File, MultipartDecoder, NeedData
 
+from ..protocol import TOO_LARGE
 from ..storage.files import IncompleteUpload
 from .errors import ApiError
 
@@ -20,7 +21,7 @@ BUFFER_LIMIT = 2 * READ_SIZE
 
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, f"the request body is larger than this server's limit of {limit} bytes",
-                    "too_large", limit=limit)
+                    TOO_LARGE, limit=limit)
 
 
 def _reject_constant(name: str):
@@ -131,7 +132,7 @@ class MultipartFileField:
                 self._decoder.receive_data(chunk or None)
             except RequestEntityTooLarge:
                 raise ApiError(413, f"a multipart part's headers run past {BUFFER_LIMIT} bytes",
-                               "too_large", limit=BUFFER_LIMIT) from None
+                               TOO_LARGE, limit=BUFFER_LIMIT) from None
 
     def open(self) -> MultipartFileField:
         while True:

@@ -21,8 +21,9 @@ import requests
 
 from meteorpi_model import Event, FileRecord, files_of
 
-from ..imports.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE
 from ..imports.bundles import header_line
+from ..protocol import (BUNDLE_MEDIA_TYPE, COMPLETE, FAILED, INVALID, MISSING, PLAN_STATES,
+                        RECORD_STATES, STORED)
 from .handshake import (
     EntitySource,
     ExportResult,
@@ -37,9 +38,6 @@ from .resumable import Progress, ResumableUploader, UploadFailed, UploadRefused
 log = logging.getLogger("meteorpi.exporter")
 
 DEFAULT_CONCURRENCY = 4
-#: The state of an entity the target refused as invalid in a protocol v2 reply (the legacy
-#: handshake's 4xx for one entity is a ``rejected`` with its HTTP status).
-INVALID = "invalid"
 # Files up to this size travel in bundles; larger ones by resumable upload, where a cut
 # connection costs at most a chunk. A bundle is built in memory, so memory stays bounded
 # by BUNDLE_BYTES per upload thread whatever the files' sizes.
@@ -262,9 +260,9 @@ class BatchSender:
             if entity is None or entity.id in answered:
                 continue
             answered.add(entity.id)
-            if state == "stored":
-                results[entity.id] = ExportResult("complete", round_trips=1)
-            elif state == "missing":
+            if state == STORED:
+                results[entity.id] = ExportResult(COMPLETE, round_trips=1)
+            elif state == MISSING:
                 waiting.append(entity)
             else:
                 results[entity.id] = _invalid(entry, round_trips=1)
@@ -281,7 +279,7 @@ class BatchSender:
             if None in reasons:  # not uploaded because of a stop: neither sent nor failed
                 waiting.remove(entity)
             elif reasons:
-                results[entity.id] = ExportResult("failed", "; ".join(reasons))
+                results[entity.id] = ExportResult(FAILED, "; ".join(reasons))
                 waiting.remove(entity)
         if not waiting:
             return results
@@ -304,11 +302,11 @@ class BatchSender:
                 raise _outside(f"batch records gave no result for {entity.ENTITY_TYPE} "
                                f"{entity.id.hex}")
             state, outcome = outcomes[entity.id]
-            if state == "complete":
-                results[entity.id] = ExportResult("complete", round_trips=1)
-            elif state == "failed":
-                results[entity.id] = ExportResult("failed", _message(outcome))
-            elif state == "invalid":
+            if state == COMPLETE:
+                results[entity.id] = ExportResult(COMPLETE, round_trips=1)
+            elif state == FAILED:
+                results[entity.id] = ExportResult(FAILED, _message(outcome))
+            elif state == INVALID:
                 results[entity.id] = _invalid(outcome)
             elif not stop.is_set():  # need_status / need_file_data: the handshake fetches it
                 results[entity.id] = self._fallback(entity, progress, stats)
@@ -435,7 +433,7 @@ class BatchSender:
         outcomes = {result.get("id"): result for result in results if isinstance(result, dict)}
         for record, size in sent:
             outcome = outcomes.get(record.file_id.hex, {})
-            if outcome.get("state") == "stored":
+            if outcome.get("state") == STORED:
                 stats.add_upload(0, size)
                 if progress:
                     progress(size)
@@ -495,9 +493,6 @@ class BatchSender:
 # A reply of the wrong shape says the target (or a proxy before it) is not speaking the
 # protocol: that is the target's fault, a TargetError, never a crash of this node's pass.
 
-PLAN_STATES = frozenset({"stored", "missing", "invalid"})
-RECORD_STATES = frozenset({"complete", "need_status", "need_file_data", "failed", "invalid"})
-
 
 def _outside(what: str) -> TargetError:
     return TargetError(f"target answered outside the protocol: {what}")
@@ -549,7 +544,10 @@ def _message(entry: dict) -> str:
 
 
 def _invalid(entry: dict, round_trips: int = 0) -> ExportResult:
-    """The target refuses this one entity as invalid: the entity's trouble, not the target's."""
+    """The target refuses this one entity as invalid: the entity's trouble, not the target's.
+
+    Its state is INVALID (the legacy handshake's 4xx for one entity is a ``rejected`` with
+    its HTTP status instead)."""
     field_name = entry.get("field")
     where = f" (field {field_name})" if isinstance(field_name, str) and field_name else ""
     return ExportResult(INVALID, _message(entry) + where, round_trips=round_trips)

@@ -18,6 +18,8 @@ from urllib3.util.retry import Retry
 
 from meteorpi_model import CameraStatus, Event, FileRecord, files_of, md5_file
 
+from ..protocol import (CACHED_ENTITY, COMPLETE, CONTINUE, CONTINUE_NOCACHE, FAILED,
+                        NEED_FILE_DATA, NEED_STATUS, ORIGIN_HEADER, PROTOCOL_BATCH)
 from .multipart import MultipartFileBody
 from .resumable import (DEFAULT_CHUNK_SIZE, Progress, ResumableUploader, UploadFailed,
                         UploadRefused)
@@ -25,7 +27,6 @@ from .resumable import (DEFAULT_CHUNK_SIZE, Progress, ResumableUploader, UploadF
 log = logging.getLogger("meteorpi.exporter")
 
 DEFAULT_TIMEOUT = (10.0, 300.0)
-ORIGIN_HEADER = "Meteorpi-Origin"
 # The target counts failed uploads of a file and answers 'failed' after its
 # upload_attempts (3 by default): a target asking for the same file more often than this
 # in one exchange is going round in circles, and each time costs the whole file.
@@ -58,7 +59,7 @@ class ExportResult:
 
     @property
     def ok(self) -> bool:
-        return self.state == "complete"
+        return self.state == COMPLETE
 
 
 class EntitySource(Protocol):
@@ -174,7 +175,7 @@ class ImportClient:
             self._resumable.requests_sent = 0
         # Like a legacy upload, the import goes on either way; bytes that did not match
         # their md5 show up as another need_file_data (or, repeatedly, as failed).
-        return _Answer(200, {"state": "continue"}), outcome.bytes_sent
+        return _Answer(200, {"state": CONTINUE}), outcome.bytes_sent
 
     def __enter__(self) -> ImportClient:
         return self
@@ -204,7 +205,7 @@ class ImportClient:
 
     def speaks_batches(self) -> bool:
         """Whether the target announced protocol v2 (after :meth:`describe`)."""
-        return "batch-2" in ((self.capabilities or {}).get("protocols") or [])
+        return PROTOCOL_BATCH in ((self.capabilities or {}).get("protocols") or [])
 
     def upload(self, file_id: uuid.UUID, md5: str, source: BinaryIO, file_name: str) -> tuple[requests.Response, int]:
         body = MultipartFileBody("file", file_name, source)
@@ -272,24 +273,24 @@ def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatu
             return result
         reply = answer.reply
         state = reply.get("state") if reply else None
-        if state == "complete":
-            result.state = "complete"
+        if state == COMPLETE:
+            result.state = COMPLETE
             return result
-        if state == "failed":
-            result.state, result.message = "failed", str(reply.get("message", ""))
+        if state == FAILED:
+            result.state, result.message = FAILED, str(reply.get("message", ""))
             return result
-        if state == "continue":
-            document = {"type": "cached_entity", "cached_entity_id": entity.id.hex}
-        elif state == "continue-nocache":
+        if state == CONTINUE:
+            document = {"type": CACHED_ENTITY, "cached_entity_id": entity.id.hex}
+        elif state == CONTINUE_NOCACHE:
             document = full
-        elif state == "need_status":
+        elif state == NEED_STATUS:
             status = _lookup_status(source, reply.get("status_id"))
             if status is None:
-                result.state = "failed"
+                result.state = FAILED
                 result.message = f"the target asked for status {reply.get('status_id')!r}, which this node does not have"
                 return result
             document = {"type": "status", "status": status.to_dict()}
-        elif state == "need_file_data":
+        elif state == NEED_FILE_DATA:
             record = _lookup_file(files, reply.get("file_id"))
             if record is None:
                 result.state = "stuck"
@@ -303,7 +304,7 @@ def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatu
             uploads[record.file_id] = uploads.get(record.file_id, 0) + 1
             stream = source.open_file(record)
             if stream is None:
-                result.state = "failed"
+                result.state = FAILED
                 result.message = f"the bytes of file {record.file_id.hex} are missing on this node"
                 return result
             with stream:

@@ -17,6 +17,10 @@ from typing import BinaryIO, Callable
 
 import requests
 
+from ..protocol import (LENGTH_MISMATCH, MD5_MISMATCH, RESUMABLE_MEDIA_TYPE,
+                        UPLOAD_BUSY, UPLOAD_CHECKSUM_HEADER, UPLOAD_LENGTH_HEADER,
+                        UPLOAD_OFFSET_HEADER)
+
 log = logging.getLogger("meteorpi.exporter")
 
 # 8 MiB, though on loopback 16 and 64 MiB chunks were a median 25% faster (bench/README.md,
@@ -30,7 +34,6 @@ DEFAULT_CHUNK_SIZE = 8 << 20
 # dropped) end, while the longest pause keeps the wait after it ends short.
 DEFAULT_BUSY_SECONDS = 90.0
 BUSY_PAUSE_MAX = 15.0
-MEDIA_TYPE = "application/offset+octet-stream"
 
 Progress = Callable[[int], None]
 
@@ -124,14 +127,14 @@ class ResumableUploader:
                 if progress:
                     progress(moved_to - offset)
                 offset = moved_to
-            elif response.status_code == 409 and reply.get("error") == "length_mismatch":
+            elif response.status_code == 409 and reply.get("error") == LENGTH_MISMATCH:
                 # Bytes another sender put there under this md5 claim another size; they
                 # fail their md5 or expire, so the target may take ours later.
                 raise UploadFailed(f"{url} holds {reply.get('offset')} bytes of an upload of "
                                    f"{reply.get('length')} bytes, not {size}")
             elif response.status_code == 413 and self._lower_chunk_size(len(chunk)):
                 continue  # the target lowered its max_chunk_bytes: send smaller chunks
-            elif response.status_code == 409 and reply.get("error") == "upload_busy":
+            elif response.status_code == 409 and reply.get("error") == UPLOAD_BUSY:
                 # Another request still holds the upload (most likely our own, cut off on
                 # its way): retrying at once cannot help until the target ends it.
                 busy_waited = self._wait_busy(busy_waited, reply.get("message", "upload busy"))
@@ -140,7 +143,7 @@ class ResumableUploader:
                 # Someone (a retry of ours whose reply was lost) got there first: resync.
                 failures = self._back_off(failures, reply.get("message", "offset conflict"), pause=False)
                 offset = reply["offset"] if "offset" in reply else self._offset(url)
-            elif response.status_code == 422 and reply.get("error") == "md5_mismatch":
+            elif response.status_code == 422 and reply.get("error") == MD5_MISMATCH:
                 outcome.md5_mismatch = True
                 return outcome
             elif response.status_code in (408, 422) or response.status_code >= 500:
@@ -158,11 +161,11 @@ class ResumableUploader:
         return outcome
 
     def _send(self, url: str, offset: int, size: int, chunk: bytes) -> requests.Response:
-        headers = {"Content-Type": MEDIA_TYPE, "Upload-Offset": str(offset),
-                   "Upload-Length": str(size)}
+        headers = {"Content-Type": RESUMABLE_MEDIA_TYPE, UPLOAD_OFFSET_HEADER: str(offset),
+                   UPLOAD_LENGTH_HEADER: str(size)}
         if self.checksum:
             digest = hashlib.new(self.checksum, chunk).digest()
-            headers["Upload-Checksum"] = f"{self.checksum} {base64.b64encode(digest).decode()}"
+            headers[UPLOAD_CHECKSUM_HEADER] = f"{self.checksum} {base64.b64encode(digest).decode()}"
         self.requests_sent += 1
         return self.session.patch(url, data=chunk, headers=headers, timeout=self.timeout)
 

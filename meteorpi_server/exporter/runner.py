@@ -38,12 +38,13 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from ..config import Config, ConfigError
+from ..protocol import FAILED, INVALID
 from ..storage import store
 from ..storage.db import Database
 from ..storage.files import FileStore
 from ..storage.orm import ExportConfigRow, ExportTaskRow
 from . import tasks
-from .batch import DEFAULT_CONCURRENCY, INVALID, BatchSender, BatchStats
+from .batch import DEFAULT_CONCURRENCY, BatchSender, BatchStats
 from .configs import clip
 from .handshake import ExportResult, ImportClient, TargetError, export_entity
 from .lease import LeaseKeeper, StopSignal
@@ -567,7 +568,7 @@ def _is_target_problem(result: ExportResult) -> bool:
 
 def _reason(task: tasks.Task, result: ExportResult) -> str:
     what = f"{task.entity_type} {task.entity_id.hex}"
-    if result.state == "failed":
+    if result.state == FAILED:
         return clip(f"{what}: the target answered failed: {result.message or '(no message)'}")
     if result.state == "rejected":
         return clip(f"{what}: the target rejected it with HTTP {result.message}")
