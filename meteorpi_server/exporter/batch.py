@@ -22,18 +22,26 @@ import requests
 from meteorpi_model import Event, FileRecord, files_of
 
 from ..imports.bundles import header_line
-from ..protocol import (BUNDLE_MEDIA_TYPE, COMPLETE, FAILED, INVALID, MISSING, PLAN_STATES,
-                        RECORD_STATES, STORED)
+from ..protocol import (
+    BUNDLE_MEDIA_TYPE,
+    COMPLETE,
+    FAILED,
+    INVALID,
+    MISSING,
+    PLAN_STATES,
+    RECORD_STATES,
+    STORED,
+)
+from .errors import TargetError, UploadFailed, UploadRefused
 from .handshake import (
     EntitySource,
     ExportResult,
     ImportClient,
-    TargetError,
     export_entity,
     target_session,
 )
 from .lease import StopSignal
-from .resumable import Progress, ResumableUploader, UploadFailed, UploadRefused
+from .resumable import Progress, ResumableUploader
 
 log = logging.getLogger("meteorpi.exporter")
 

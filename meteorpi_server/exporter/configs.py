@@ -19,28 +19,11 @@ from meteorpi_model import EventSearch, ExportConfiguration, FileSearch, Validat
 
 from ..storage.orm import ExportConfigRow, ExportTaskRow
 from ..storage.store import now_ms
+from .errors import ConfigExists, ConfigNotFound, ExportConfigError  # noqa: F401 (re-exported)
 
 # Names appear in URLs (/exports/<name>) and on command lines, so they stay plain.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 ERROR_TEXT_LIMIT = 2000
-
-
-class ExportConfigError(ValueError):
-    """An export configuration cannot be added or changed; the message says why."""
-
-
-class ConfigNotFound(ExportConfigError):
-    def __init__(self, name: str):
-        super().__init__(f"there is no export configuration named {name!r} "
-                         "('meteorpi export list' shows them)")
-        self.name = name
-
-
-class ConfigExists(ExportConfigError):
-    def __init__(self, name: str):
-        super().__init__(f"an export configuration named {name!r} already exists; choose "
-                         "another name or remove it first")
-        self.name = name
 
 
 def clip(text: str) -> str:

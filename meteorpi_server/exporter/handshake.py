@@ -18,11 +18,20 @@ from urllib3.util.retry import Retry
 
 from meteorpi_model import CameraStatus, Event, FileRecord, files_of, md5_file
 
-from ..protocol import (CACHED_ENTITY, COMPLETE, CONTINUE, CONTINUE_NOCACHE, FAILED,
-                        NEED_FILE_DATA, NEED_STATUS, ORIGIN_HEADER, PROTOCOL_BATCH)
+from ..protocol import (
+    CACHED_ENTITY,
+    COMPLETE,
+    CONTINUE,
+    CONTINUE_NOCACHE,
+    FAILED,
+    NEED_FILE_DATA,
+    NEED_STATUS,
+    ORIGIN_HEADER,
+    PROTOCOL_BATCH,
+)
+from .errors import TargetError, UploadFailed, UploadRefused
 from .multipart import MultipartFileBody
-from .resumable import (DEFAULT_CHUNK_SIZE, Progress, ResumableUploader, UploadFailed,
-                        UploadRefused)
+from .resumable import DEFAULT_CHUNK_SIZE, Progress, ResumableUploader
 
 log = logging.getLogger("meteorpi.exporter")
 
@@ -31,10 +40,6 @@ DEFAULT_TIMEOUT = (10.0, 300.0)
 # upload_attempts (3 by default): a target asking for the same file more often than this
 # in one exchange is going round in circles, and each time costs the whole file.
 MAX_UPLOADS_PER_FILE = 3
-
-
-class TargetError(Exception):
-    """The target could not be reached or did not answer usefully; try it again later."""
 
 
 @dataclass

@@ -17,9 +17,16 @@ from typing import BinaryIO, Callable
 
 import requests
 
-from ..protocol import (LENGTH_MISMATCH, MD5_MISMATCH, RESUMABLE_MEDIA_TYPE,
-                        UPLOAD_BUSY, UPLOAD_CHECKSUM_HEADER, UPLOAD_LENGTH_HEADER,
-                        UPLOAD_OFFSET_HEADER)
+from ..protocol import (
+    LENGTH_MISMATCH,
+    MD5_MISMATCH,
+    RESUMABLE_MEDIA_TYPE,
+    UPLOAD_BUSY,
+    UPLOAD_CHECKSUM_HEADER,
+    UPLOAD_LENGTH_HEADER,
+    UPLOAD_OFFSET_HEADER,
+)
+from .errors import UploadFailed, UploadRefused
 
 log = logging.getLogger("meteorpi.exporter")
 
@@ -36,14 +43,6 @@ DEFAULT_BUSY_SECONDS = 90.0
 BUSY_PAUSE_MAX = 15.0
 
 Progress = Callable[[int], None]
-
-
-class UploadFailed(Exception):
-    """The upload cannot go on now: the target could not be reached or kept failing."""
-
-
-class UploadRefused(UploadFailed):
-    """The target refuses this file (too large, say): trying again will not help."""
 
 
 # Replies about the target (its credentials, its URL), not about the file being sent.

@@ -46,7 +46,8 @@ from ..storage.orm import ExportConfigRow, ExportTaskRow
 from . import tasks
 from .batch import DEFAULT_CONCURRENCY, BatchSender, BatchStats
 from .configs import clip
-from .handshake import ExportResult, ImportClient, TargetError, export_entity
+from .errors import TargetError
+from .handshake import ExportResult, ImportClient, export_entity
 from .lease import LeaseKeeper, StopSignal
 from .marking import mark
 from .progress import Batch, Reporter

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import requests
 from urllib3.exceptions import NameResolutionError, ProtocolError, ReadTimeoutError
 
-from .handshake import TargetError
+from .errors import TargetError
 
 log = logging.getLogger("meteorpi.exporter")
 
