@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import uuid
 from dataclasses import dataclass
 
 from .auth import Users, VerificationCache
 from .config import Config, ConfigError
-from .imports.batch import BatchImporter, batch_supported
+from .imports.batch import BatchImporter
 from .imports.handshake import EntityCache, Importer
 from .imports.receivers import BaseImportReceiver, ReceiverContext
 from .imports.resumable import CHECKSUM_ALGORITHMS, ResumableUploads
@@ -15,6 +16,8 @@ from .storage import store
 from .storage.db import Database
 from .storage.files import FileStore
 from .storage.maintenance import PeriodicSweep
+
+log = logging.getLogger("meteorpi.server")
 
 
 def load_receiver_class(spec: str) -> type[BaseImportReceiver]:
@@ -78,12 +81,14 @@ class Services:
         users = Users(database, VerificationCache(config.auth_cache_size, config.auth_cache_seconds))
         receiver = load_receiver_class(config.receiver)(ReceiverContext(config, database, files))
         importer = Importer(receiver, EntityCache(config.import_cache_size))
-        uploads = ResumableUploads(files, receiver, database, config.max_chunk_bytes,
-                                   config.max_upload_bytes, config.upload_attempts_window_seconds)
+        uploads = ResumableUploads(files, receiver, config.max_chunk_bytes, config.max_upload_bytes)
         sweep = PeriodicSweep(database, files, config)
         batch = None
-        if config.batch_protocol and batch_supported(receiver):
-            batch = BatchImporter(database, receiver, uploads, files, config.batch_max_entities,
-                                  config.upload_attempts, config.upload_attempts_window_seconds,
+        if config.batch_protocol and receiver.batch_protocol:
+            batch = BatchImporter(receiver, uploads, config.batch_max_entities,
                                   config.max_upload_bytes)
+        elif config.batch_protocol:
+            log.warning("receiver %s does not take batches (batch_protocol = False): "
+                        "exporters will use the legacy protocol, one record at a time",
+                        config.receiver)
         return cls(config, database, files, users, receiver, importer, uploads, sweep, batch)

@@ -36,10 +36,9 @@ def _run(operation, *args):
         raise ApiError(400, error.message, "bad_batch", **details) from None
 
 
-def _source():
-    from ..storage.store import Source
-
-    return Source(current_user().name, origin_server())
+def _sender():
+    """Who sends the batch: the exporter's user here, and its server (if it says)."""
+    return current_user().name, origin_server()
 
 
 @blueprint.post("/import/batch/plan")
@@ -54,14 +53,14 @@ def plan():
 @requires_role("import")
 def statuses():
     """Store a batch of camera statuses."""
-    return _run(lambda batch: batch.store_statuses, _source())
+    return _run(lambda batch: batch.store_statuses, *_sender())
 
 
 @blueprint.post("/import/batch/records")
 @requires_role("import")
 def records():
     """Store a batch of events and stand-alone file records, each atomically."""
-    return _run(lambda batch: batch.store_records, _source())
+    return _run(lambda batch: batch.store_records, *_sender())
 
 
 @blueprint.post("/import/batch/files")

@@ -21,7 +21,6 @@ log = logging.getLogger("meteorpi.import")
 
 Entity = Union[Event, FileRecord, CameraStatus]
 ENTITY_CLASSES: dict[str, type] = {"event": Event, "file": FileRecord, "status": CameraStatus}
-ID_FIELDS = {"event": "event_id", "file": "file_id", "status": "status_id"}
 
 
 def _preview(value: Any, limit: int = 40) -> str:
@@ -173,12 +172,11 @@ class Importer:
         if request.entity is None:
             log.debug("cache miss for %s from %s", request.entity_id.hex, user)
             return CONTINUE_NOCACHE
-        if request.entity_type == "event":
-            reply = self.receiver.receive_event(request) or COMPLETE
-        elif request.entity_type == "file":
-            reply = self.receiver.receive_file_record(request) or COMPLETE
+        # One record is a batch of one: the receiver decides as it does for protocol v2.
+        if request.entity_type == "status":
+            reply = self.receiver.receive_statuses([request])[0] or CONTINUE
         else:
-            reply = self.receiver.receive_status(request) or CONTINUE
+            reply = self.receiver.receive_records([request])[0] or COMPLETE
         log.debug("%s %s from %s: %s", request.entity_type, request.entity_id.hex, user, reply.state)
         return reply
 

@@ -1,31 +1,30 @@
-"""Import receivers: what the server does with what exporters send.
+"""The import receiver contract: what the server does with what exporters send.
 
-:class:`BaseImportReceiver` is the whole extension contract; every override point is a
-method on it, documented here. The default :class:`DatabaseImportReceiver` is written
-against the same contract as any user's receiver. Choose the receiver class with the
-``receiver`` setting (``module:Class``).
+:class:`BaseImportReceiver` is the whole extension contract, for both protocols: every
+override point is a method on it, documented here, with when it runs under the legacy
+handshake (``legacy-1``, docs/protocol.rst) and under batches (``batch-2``,
+docs/batch.rst). The default receiver,
+:class:`~meteorpi_server.imports.database_receiver.DatabaseImportReceiver`, is written
+against this contract as any user's receiver is, and the protocols use nothing else of
+it. Choose the receiver class with the ``receiver`` setting (``module:Class``); both
+classes are importable from :mod:`meteorpi_server.receiver`.
 """
 from __future__ import annotations
 
-import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, ClassVar, Sequence
 
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from meteorpi_model import FileRecord, files_of
+from meteorpi_model import FileRecord
 
 from ..config import Config
-from ..storage import store
-from ..storage.blobs import Blobs
 from ..storage.db import Database
-from ..storage.files import FileStore, Md5Mismatch
+from ..storage.files import FileStore
 from .handshake import ImportRequest, Reply
 
-log = logging.getLogger("meteorpi.import")
+if TYPE_CHECKING:
+    from .batch import PlannedEntity
 
 
 @dataclass(frozen=True)
@@ -37,53 +36,146 @@ class ReceiverContext:
     files: FileStore
 
 
-class BaseImportReceiver:
-    """Accepts everything and keeps nothing: events and files are 'complete' at once.
+@dataclass
+class BatchPlan:
+    """A receiver's answer to a batch plan (protocol v2): what it holds, what it needs.
 
-    Subclass it and override any of the ``receive_*`` methods. Each gets an
-    :class:`~meteorpi_server.imports.handshake.ImportRequest` whose ``entity`` is the parsed
-    model object and whose ``user`` is the authenticated exporter, and returns a reply
-    made with the request's methods (``complete()``, ``need_status()``,
-    ``need_file_data(file_id)``, ``continue_()``, ``failed(message)``) or None for the
-    default. Receivers are shared by the threads of a worker: keep them thread-safe.
+    ``stored``: ids of the planned records held already (each is answered ``stored``, the
+    rest ``missing``). ``need_statuses``: camera statuses to send before the records.
+    ``need_files``: file id to md5 of the bytes to upload before the records.
     """
+
+    stored: set[uuid.UUID] = field(default_factory=set)
+    need_statuses: list[uuid.UUID] = field(default_factory=list)
+    need_files: dict[uuid.UUID, str] = field(default_factory=dict)
+
+
+class BundleWriter:
+    """Takes the files of one bundle (protocol v2), one after another, for a receiver.
+
+    :meth:`BaseImportReceiver.open_bundle` makes one per bundle. This default hands each
+    file to the receiver's :meth:`~BaseImportReceiver.receive_file_data`, so a receiver
+    that only overrides that takes bundles too.
+    """
+
+    def __init__(self, receiver: BaseImportReceiver, user: str):
+        self.receiver, self.user = receiver, user
+
+    def write(self, file_id: uuid.UUID, md5: str, content: BinaryIO) -> bool:
+        """Receive one file's bytes (read ``content`` in pieces); whether they were kept
+        (False: they did not match ``md5``)."""
+        self.receiver.receive_file_data(file_id, md5, content, self.user)
+        return self.receiver.has_file_data(file_id, md5)
+
+    def close(self) -> None:
+        """The bundle has ended (or its body broke off): make what was kept durable."""
+
+
+class BaseImportReceiver:
+    """Accepts everything and keeps nothing: every record is ``complete`` at once.
+
+    Subclass it, or the default database receiver, and override what you need. Records
+    reach a receiver as :class:`~meteorpi_server.imports.handshake.ImportRequest` objects
+    (``entity`` is the parsed model object, ``user`` the authenticated exporter); a
+    decision is one of the request's replies (``complete()``, ``need_status()``,
+    ``need_file_data(file_id)``, ``continue_()``, ``failed(message)``) or None for the
+    default. Receivers are built once per worker and shared by its threads: keep them
+    thread-safe.
+
+    Both protocols ask the same questions. The legacy handshake asks about one record at
+    a time; a batch asks :meth:`receive_records` and :meth:`receive_statuses` about many
+    at once, and those ask :meth:`receive_event`, :meth:`receive_file_record` and
+    :meth:`receive_status` about each record, in order. So a receiver that overrides only
+    the per-record methods decides alike under both protocols, and a record it refuses
+    gets its own result in the batch without failing the others.
+    """
+
+    #: Whether exporters may send batches (protocol v2) to this receiver. Every receiver
+    #: written against this contract can; set it to False only for one that truly cannot
+    #: work in batches: ``GET /import`` then offers the legacy protocol alone, and the
+    #: server logs that at start-up.
+    batch_protocol: ClassVar[bool] = True
 
     def __init__(self, context: ReceiverContext):
         self.context = context
 
+    # Records, one at a time -------------------------------------------------------
+
     def receive_event(self, request: ImportRequest) -> Reply | None:
-        """An event, with its files and meta. None means ``complete``."""
+        """An event, with its files and meta. None means ``complete``.
+
+        Legacy: once for each ``event`` request (and each ``cached_entity`` that resolves
+        to one). Batches: once for each event of ``/import/batch/records``, through
+        :meth:`receive_records`.
+        """
         return None
 
     def receive_file_record(self, request: ImportRequest) -> Reply | None:
-        """A stand-alone file record. None means ``complete``."""
+        """A stand-alone file record. None means ``complete``. Asked as
+        :meth:`receive_event` is, for ``file`` requests and batched file records."""
         return None
 
     def receive_status(self, request: ImportRequest) -> Reply | None:
-        """A camera status, sent because an earlier reply asked for it. None means
-        ``continue``: the exporter goes back to the event or file that needed it."""
+        """A camera status. None means the status is taken.
+
+        Legacy: a status is sent because an earlier reply asked for it, and None answers
+        ``continue`` (the exporter goes back to the record that needed it). Batches: once
+        for each status of ``/import/batch/statuses``, through :meth:`receive_statuses`;
+        None is the result ``stored``, a ``failed`` reply the result ``failed``.
+        """
         return None
+
+    # Records, many at a time ------------------------------------------------------
+
+    def receive_records(self, requests: Sequence[ImportRequest]) -> list[Reply | None]:
+        """Events and file records, a reply for each, in order.
+
+        Every record passes through here, under both protocols: a legacy request is a
+        batch of one. This default asks :meth:`receive_event` or
+        :meth:`receive_file_record` about each. Override it to decide on many records at
+        once; one record's refusal must not fail the others.
+        """
+        return [self.receive_event(request) if request.entity_type == "event"
+                else self.receive_file_record(request) for request in requests]
+
+    def receive_statuses(self, requests: Sequence[ImportRequest]) -> list[Reply | None]:
+        """Camera statuses, a reply for each, in order (a legacy ``status`` request is a
+        batch of one). This default asks :meth:`receive_status` about each."""
+        return [self.receive_status(request) for request in requests]
+
+    def plan(self, entities: Sequence[PlannedEntity]) -> BatchPlan:
+        """Batches only: which of the planned records are held, and what the others need
+        (``/import/batch/plan``). Each entity names its type, id, statuses and files.
+
+        The plan only saves round trips: whatever it leaves out, the records step still
+        asks for, per record. This default holds nothing and asks for nothing in advance.
+        """
+        return BatchPlan()
+
+    # File bytes -------------------------------------------------------------------
 
     def receive_file_data(self, file_id: uuid.UUID, md5: str, content: BinaryIO, user: str) -> None:
         """The bytes of one file, readable from ``content`` (a stream: read it in pieces).
 
         ``md5`` is the checksum the exporter claims; keep the bytes only if they match.
-        The protocol always answers 'continue' after an upload, so there is nothing to
-        return: the exporter asks again, and a bad upload shows up as another
-        ``need_file_data``. Whatever is left unread is discarded.
+        Legacy: each ``/import/data/<id>/<md5>`` upload. Batches: each file of a bundle,
+        through the default :class:`BundleWriter`. Nothing is returned: a bad upload shows
+        up as the record needing its bytes again. Whatever is left unread is discarded.
         """
         return None
 
     def has_file_data(self, file_id: uuid.UUID, md5: str) -> bool:
         """Whether verified bytes with this md5 are already held for ``file_id``.
 
-        Asked when an exporter resumes a chunked upload: True tells it the upload is
-        complete (its last reply may have been lost). The default holds nothing.
+        Asked before and during a resumable upload (both protocols): True tells the
+        exporter the upload is complete (its last reply may have been lost). The default
+        holds nothing.
         """
         return False
 
     def receive_complete_upload(self, file_id: uuid.UUID, md5: str, path: Path, user: str) -> None:
-        """A resumable upload is complete and its md5 verified; its bytes are at ``path``.
+        """A resumable upload (both protocols) is complete and its md5 verified; its bytes
+        are at ``path``.
 
         The receiver may move the file away (``os.replace``) to keep it; whatever is still
         at ``path`` afterwards is deleted. The default streams it to
@@ -92,182 +184,26 @@ class BaseImportReceiver:
         with open(path, "rb") as content:
             self.receive_file_data(file_id, md5, content, user)
 
+    def upload_failed(self, file_id: uuid.UUID, md5: str, user: str) -> None:
+        """A resumable upload of ``file_id`` ended with bytes whose md5 is not ``md5``; they
+        were discarded. The default database receiver counts these towards the
+        ``upload_attempts`` rule. The default here does nothing."""
+        return None
+
+    def open_bundle(self, user: str) -> BundleWriter:
+        """Batches only: a writer for the files of one bundle (``/import/batch/files``).
+        The default hands each file to :meth:`receive_file_data`."""
+        return BundleWriter(self, user)
+
+    # After storing ----------------------------------------------------------------
+
     def file_stored(self, record: FileRecord, path: Path | None) -> None:
         """Called once a file record and its verified bytes are both stored.
 
         A place to start processing a new image or video. ``path`` is where the bytes
         are (read it, do not move it). Called after the storing transaction committed,
-        once per file (for an event, once for each of its files); an exception here is
-        logged and does not affect the import.
+        once per file (for an event, once for each of its files), under both protocols;
+        an exception here is logged and does not affect the import. Only receivers that
+        store records call it (the database receiver does).
         """
         return None
-
-
-class DatabaseImportReceiver(BaseImportReceiver):
-    """Stores what it receives in the database and the file store (PROTOCOL.md's rules).
-
-    An entity already stored is ``complete``; one whose camera status is unknown gets
-    ``need_status``; one whose file bytes are missing gets ``need_file_data`` for the first
-    missing file; otherwise it is stored in one transaction with its files and meta.
-    """
-
-    def __init__(self, context: ReceiverContext):
-        super().__init__(context)
-        self.database = context.database
-        self.files = context.files
-        self.config = context.config
-        self.blobs = Blobs(context.database, context.files)
-
-    # Entities --------------------------------------------------------------------
-
-    def receive_event(self, request: ImportRequest) -> Reply | None:
-        event = request.entity
-        with self.database.read() as session:
-            if store.has_event(session, event.event_id):
-                return request.complete()
-            status_ids = [event.status_id] + [record.status_id for record in event.files]
-            missing_status = store.missing_statuses(session, status_ids)
-            if missing_status:
-                return request.need_status(missing_status[0])
-            missing_data = store.files_missing_data(session, event.files)
-        if missing_data:
-            return self._need_file_data(request, missing_data[0])
-        reply = self._store(request, lambda session: store.insert_event(session, event, request.source),
-                            lambda session: store.has_event(session, event.event_id))
-        if reply is _STORED:
-            self.announce_stored_files(event.files)
-        return reply
-
-    def receive_file_record(self, request: ImportRequest) -> Reply | None:
-        record = request.entity
-        with self.database.read() as session:
-            if store.has_file_record(session, record.file_id):
-                return request.complete()
-            if not store.has_status(session, record.status_id):
-                return request.need_status()
-            missing_data = store.files_missing_data(session, [record])
-        if missing_data:
-            return self._need_file_data(request, record.file_id)
-        reply = self._store(request,
-                            lambda session: store.insert_file_record(session, record, request.source),
-                            lambda session: store.has_file_record(session, record.file_id))
-        if reply is _STORED:
-            self.announce_stored_files([record])
-        return reply
-
-    def receive_status(self, request: ImportRequest) -> Reply | None:
-        status = request.entity
-        with self.database.read() as session:
-            if store.has_status(session, status.status_id):
-                return None
-
-        def insert(session: Session) -> list:
-            store.insert_status(session, status, request.source)
-            return []
-
-        reply = self._store(request, insert,
-                            lambda session: store.has_status(session, status.status_id))
-        return None if reply.state == "complete" else reply
-
-    def _store(self, request: ImportRequest, insert: Callable[[Session], list[uuid.UUID]],
-               is_stored: Callable[[Session], bool]) -> Reply:
-        """Run ``insert`` in one transaction; a concurrent identical import is not an error."""
-        try:
-            with self.database.write() as session:
-                missing = insert(session)
-                if missing:
-                    raise _BytesMissing(missing[0])
-        except _BytesMissing as missing:
-            return self._need_file_data(request, missing.file_id)
-        except IntegrityError as error:
-            # Two exporters sending the same entity at once both pass the existence check;
-            # the loser's insert fails on the primary key and finds the winner's row here.
-            with self.database.read() as session:
-                if is_stored(session):
-                    return request.complete()
-            log.warning("%s %s conflicts with stored records: %s", request.entity_type,
-                        request.entity_id.hex, error.orig)
-            return request.failed(
-                f"{request.entity_type} {request.entity_id.hex} conflicts with records already "
-                "stored (a file id in it may belong to another event or file record)")
-        log.info("stored %s %s from %s", request.entity_type, request.entity_id.hex, request.user)
-        return _STORED
-
-    def _need_file_data(self, request: ImportRequest, file_id: uuid.UUID) -> Reply:
-        """Ask for a file's bytes, or answer ``failed`` once uploads of it keep failing.
-
-        Bytes held under another md5 than the record's count as a failed upload each time
-        they are found here: they match the md5 in their upload URL, so they were stored,
-        but they will never complete this record, and without counting them the exporter
-        would be asked for them for ever.
-        """
-        expected = _record_md5(request, file_id)
-        window_start = self._attempts_window_start()
-        with self.database.read() as session:
-            held = store.blob_md5(session, file_id)
-        if held is not None and expected is not None and held != expected:
-            log.warning("bytes held for file %s have md5 %s, its record says %s",
-                        file_id.hex, held, expected)
-            with self.database.write() as session:
-                store.note_upload_failure(session, file_id, held, window_start)
-        with self.database.read() as session:
-            failures = store.recent_upload_failures(session, file_id, window_start)
-        if failures >= self.config.upload_attempts:
-            return request.failed(
-                f"the bytes uploaded for file {file_id.hex} did not match the md5 of its record "
-                f"{failures} times; check that file on the camera node (its bytes or its "
-                "recorded md5 may be wrong). It will be asked for again after "
-                f"{self.config.upload_attempts_window_seconds} s.")
-        return request.need_file_data(file_id)
-
-    # File data -------------------------------------------------------------------
-
-    def receive_file_data(self, file_id: uuid.UUID, md5: str, content: BinaryIO, user: str) -> None:
-        if self.has_file_data(file_id, md5):
-            return  # not needed; Blobs.write would find that out again, after the upload
-        try:
-            stored = self.blobs.write(file_id, content, md5, self.config.max_upload_bytes)
-        except Md5Mismatch as mismatch:
-            log.warning("upload from %s discarded: %s", user, mismatch)
-            with self.database.write() as session:
-                store.note_upload_failure(session, file_id, md5, self._attempts_window_start())
-            return
-        if stored is not None:
-            log.info("stored %d bytes for file %s from %s", stored.size, file_id.hex, user)
-
-    def _attempts_window_start(self) -> int:
-        """Failed uploads before this time (ms) no longer count towards upload_attempts."""
-        return store.now_ms() - self.config.upload_attempts_window_seconds * 1000
-
-    def has_file_data(self, file_id: uuid.UUID, md5: str) -> bool:
-        with self.database.read() as session:
-            return bool(store.file_data_held(session, {file_id: md5}))
-
-    def receive_complete_upload(self, file_id: uuid.UUID, md5: str, path: Path, user: str) -> None:
-        size = path.stat().st_size
-        if self.blobs.adopt(file_id, md5, path, size):
-            log.info("stored %d bytes for file %s from %s (resumable)", size, file_id.hex, user)
-
-    def announce_stored_files(self, records) -> None:
-        """Call :meth:`file_stored` for each newly stored record, shielding the caller
-        from the hook's failures."""
-        for record in records:
-            try:
-                self.file_stored(record, self.files.path_for(record.file_id))
-            except Exception:  # a user's hook must not turn a stored import into a failure
-                log.exception("file_stored hook failed for file %s", record.file_id.hex)
-
-
-def _record_md5(request: ImportRequest, file_id: uuid.UUID) -> str | None:
-    """The md5 the request's event or file record gives for ``file_id`` (None if absent)."""
-    return next((record.md5 for record in files_of(request.entity)
-                 if record.file_id == file_id), None)
-
-
-# 'complete' because this request stored the entity (not because it was already there).
-_STORED = Reply("complete")
-
-
-class _BytesMissing(Exception):
-    def __init__(self, file_id: uuid.UUID):
-        self.file_id = file_id

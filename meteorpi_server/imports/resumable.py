@@ -33,8 +33,6 @@ from typing import BinaryIO
 
 from meteorpi_model import MD5Stream
 
-from ..storage import store
-from ..storage.db import Database
 from ..storage.files import CHUNK_SIZE, FileStore
 
 log = logging.getLogger("meteorpi.upload")
@@ -124,14 +122,11 @@ class UploadState:
 class ResumableUploads:
     """Appends chunks to partial uploads and completes them through the receiver."""
 
-    def __init__(self, files: FileStore, receiver, database: Database,
-                 max_chunk_bytes: int, max_file_bytes: int, attempts_window_seconds: int):
+    def __init__(self, files: FileStore, receiver, max_chunk_bytes: int, max_file_bytes: int):
         self.files = files
         self.receiver = receiver
-        self.database = database
         self.max_chunk_bytes = max_chunk_bytes
         self.max_file_bytes = max_file_bytes
-        self.attempts_window_ms = attempts_window_seconds * 1000
 
     def state(self, file_id: uuid.UUID, md5: str) -> UploadState:
         """The offset to send from next (0 for an upload never started)."""
@@ -260,9 +255,7 @@ class ResumableUploads:
         if actual != md5:
             os.unlink(path)
             _pin_path(path).unlink(missing_ok=True)
-            with self.database.write() as session:
-                store.note_upload_failure(session, file_id, md5,
-                                         store.now_ms() - self.attempts_window_ms)
+            self.receiver.upload_failed(file_id, md5, user)
             log.warning("upload of file %s from %s discarded: md5 %s, expected %s",
                         file_id.hex, user, actual, md5)
             raise FileMd5Mismatch(f"the whole file's md5 is {actual}, not {md5}; the upload "

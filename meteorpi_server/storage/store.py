@@ -16,12 +16,28 @@ from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from meteorpi_model import (CameraStatus, Event, FileRecord, Location, Meta, NSString,
-                            Orientation, Point)
+from meteorpi_model import (
+    CameraStatus,
+    Event,
+    FileRecord,
+    Location,
+    Meta,
+    NSString,
+    Orientation,
+    Point,
+)
 
 from . import feed
-from .orm import (CameraStatusRow, EventMetaRow, EventRow, FileMetaRow, FileRecordRow,
-                  ServerInfoRow, StoredBlobRow, UploadFailureRow)
+from .orm import (
+    CameraStatusRow,
+    EventMetaRow,
+    EventRow,
+    FileMetaRow,
+    FileRecordRow,
+    ServerInfoRow,
+    StoredBlobRow,
+    UploadFailureRow,
+)
 
 
 def now_ms() -> int:
@@ -80,6 +96,18 @@ def has_file_record(session: Session, file_id: uuid.UUID) -> bool:
     return session.scalar(select(exists().where(FileRecordRow.file_id == file_id)))
 
 
+def stored_record_ids(session: Session, event_ids: Collection[uuid.UUID],
+                      file_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these events and stand-alone file records are stored, in a query a kind."""
+    stored = set()
+    if event_ids:
+        stored |= set(session.scalars(select(EventRow.event_id).where(EventRow.event_id.in_(list(event_ids)))))
+    if file_ids:
+        stored |= set(session.scalars(
+            select(FileRecordRow.file_id).where(FileRecordRow.file_id.in_(list(file_ids)))))
+    return stored
+
+
 def file_data_held(session: Session, files: Mapping[uuid.UUID, str]) -> set[uuid.UUID]:
     """Which of ``files`` (id: md5) must not get new bytes: a stored record relies on the
     bytes held for the id, or verified bytes with that md5 wait for their record."""
@@ -100,7 +128,8 @@ def missing_statuses(session: Session, status_ids: Iterable[uuid.UUID]) -> list[
 
 # Blobs: verified bytes in the file store -------------------------------------------
 
-def _blob_matches(record: FileRecord, blob: tuple[str, int] | None) -> bool:
+def blob_matches(record: FileRecord, blob: tuple[str, int] | None) -> bool:
+    """Whether the bytes held (md5, size; None for none) are the ones ``record`` names."""
     if blob is None:
         return False
     md5, size = blob
@@ -112,10 +141,11 @@ def _blob_matches(record: FileRecord, blob: tuple[str, int] | None) -> bool:
 
 def blob_md5s(session: Session, file_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
     """The md5 of the verified bytes held for each of ``file_ids`` that has any."""
-    return {file_id: md5 for file_id, (md5, _) in _blobs(session, file_ids).items()}
+    return {file_id: md5 for file_id, (md5, _) in blobs_held(session, file_ids).items()}
 
 
-def _blobs(session: Session, file_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
+def blobs_held(session: Session, file_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int]]:
+    """The (md5, size) of the verified bytes held for each of ``file_ids`` that has any."""
     file_ids = list(file_ids)
     if not file_ids:
         return {}
@@ -126,9 +156,9 @@ def _blobs(session: Session, file_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, t
 
 def files_missing_data(session: Session, records: Sequence[FileRecord]) -> list[uuid.UUID]:
     """Ids of the records whose verified bytes are not (or not with that md5) in the store."""
-    stored = _blobs(session, [record.file_id for record in records])
+    stored = blobs_held(session, [record.file_id for record in records])
     return [record.file_id for record in records
-            if not _blob_matches(record, stored.get(record.file_id))]
+            if not blob_matches(record, stored.get(record.file_id))]
 
 
 def release_blobs(session: Session, files: Mapping[uuid.UUID, str]) -> set[uuid.UUID]:

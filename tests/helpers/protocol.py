@@ -1,10 +1,12 @@
-"""Speaking the import protocol through Flask's test client, one request at a time."""
+"""Speaking the import protocols (legacy and v2) through Flask's test client."""
 from __future__ import annotations
 
 import io
 import uuid
 
 from meteorpi_model import md5_bytes
+from meteorpi_server.imports.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE
+from meteorpi_server.imports.bundles import header_line
 
 
 class ProtocolClient:
@@ -83,3 +85,44 @@ class ResumableClient:
             response = self.chunk(file_id, md5, offset, len(data), piece, chunk_checksum(piece))
             assert response.status_code == 200, response.get_json()
         return response
+
+
+class BatchClient:
+    def __init__(self, client, auth):
+        self.client, self.auth = client, auth
+
+    def post(self, operation: str, document, expect: int = 200) -> dict:
+        response = self.client.post(f"/import/batch/{operation}", json=document, auth=self.auth)
+        assert response.status_code == expect, response.get_data(as_text=True)
+        return response.get_json()
+
+    def plan(self, *entities) -> dict:
+        return self.post("plan", {"entities": [plan_entry(entity) for entity in entities]})
+
+    def statuses(self, *statuses) -> dict:
+        return self.post("statuses", {"statuses": [status.to_dict() for status in statuses]})
+
+    def files(self, body: bytes, expect: int = 200, content_type: str = BUNDLE_MEDIA_TYPE) -> dict:
+        response = self.client.post("/import/batch/files", data=body, auth=self.auth,
+                                    content_type=content_type)
+        assert response.status_code == expect, response.get_data(as_text=True)
+        return response.get_json()
+
+    def records(self, *entities) -> dict:
+        return self.post("records", {"entities": [
+            {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()} for entity in entities]})
+
+
+def plan_entry(entity) -> dict:
+    if entity.ENTITY_TYPE == "file":
+        return {"type": "file", "id": entity.file_id.hex, "status_id": entity.status_id.hex,
+                "md5": entity.md5}
+    return {"type": "event", "id": entity.event_id.hex, "status_id": entity.status_id.hex,
+            "files": [{"file_id": record.file_id.hex, "md5": record.md5} for record in entity.files]}
+
+
+def bundle(dataset, *records, contents=None) -> bytes:
+    """A file bundle of ``records``' bytes (or of ``contents``, by file id, where given)."""
+    contents = {**dataset.contents, **(contents or {})}
+    return b"".join(header_line(record.file_id, record.md5, len(contents[record.file_id]))
+                    + contents[record.file_id] for record in records)

@@ -6,52 +6,10 @@ import uuid
 import factories
 import pytest
 import requests
-from protocol import ResumableClient
+from protocol import BatchClient, ResumableClient, bundle, plan_entry
 
 from meteorpi_server.imports.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE
-from meteorpi_server.imports.bundles import header_line
 from meteorpi_server.storage import store
-
-
-class BatchClient:
-    def __init__(self, client, auth):
-        self.client, self.auth = client, auth
-
-    def post(self, operation: str, document, expect: int = 200) -> dict:
-        response = self.client.post(f"/import/batch/{operation}", json=document, auth=self.auth)
-        assert response.status_code == expect, response.get_data(as_text=True)
-        return response.get_json()
-
-    def plan(self, *entities) -> dict:
-        return self.post("plan", {"entities": [plan_entry(entity) for entity in entities]})
-
-    def statuses(self, *statuses) -> dict:
-        return self.post("statuses", {"statuses": [status.to_dict() for status in statuses]})
-
-    def files(self, body: bytes, expect: int = 200, content_type: str = BUNDLE_MEDIA_TYPE) -> dict:
-        response = self.client.post("/import/batch/files", data=body, auth=self.auth,
-                                    content_type=content_type)
-        assert response.status_code == expect, response.get_data(as_text=True)
-        return response.get_json()
-
-    def records(self, *entities) -> dict:
-        return self.post("records", {"entities": [
-            {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()} for entity in entities]})
-
-
-def plan_entry(entity) -> dict:
-    if entity.ENTITY_TYPE == "file":
-        return {"type": "file", "id": entity.file_id.hex, "status_id": entity.status_id.hex,
-                "md5": entity.md5}
-    return {"type": "event", "id": entity.event_id.hex, "status_id": entity.status_id.hex,
-            "files": [{"file_id": record.file_id.hex, "md5": record.md5} for record in entity.files]}
-
-
-def bundle(dataset, *records, contents=None) -> bytes:
-    """A file bundle of ``records``' bytes (or of ``contents``, by file id, where given)."""
-    contents = {**dataset.contents, **(contents or {})}
-    return b"".join(header_line(record.file_id, record.md5, len(contents[record.file_id]))
-                    + contents[record.file_id] for record in records)
 
 
 @pytest.fixture
@@ -206,18 +164,9 @@ def test_batches_can_be_switched_off(settings, exporter_auth, camera, dataset):
     app.extensions["meteorpi"].database.dispose()
 
 
-def test_a_receiver_with_its_own_rules_is_never_bypassed_by_batches(settings, exporter_auth):
-    from meteorpi_server import create_app
-
-    settings["receiver"] = "meteorpi_server.imports.receivers:BaseImportReceiver"
-    app = create_app(settings)
-    assert "batch-2" not in app.test_client().get("/import", auth=exporter_auth).get_json()["protocols"]
-    app.extensions["meteorpi"].database.dispose()
-
-
 def test_the_file_stored_hook_runs_for_batched_records(settings, exporter_auth, camera, dataset, monkeypatch):
     from meteorpi_server import create_app
-    from meteorpi_server.imports.receivers import DatabaseImportReceiver
+    from meteorpi_server.receiver import DatabaseImportReceiver
 
     seen = []
     monkeypatch.setattr(DatabaseImportReceiver, "file_stored", lambda self, record, path: seen.append(record.file_id))

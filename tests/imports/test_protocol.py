@@ -270,7 +270,7 @@ def test_bytes_that_arrive_before_their_record_are_used_when_it_comes(node, came
 def test_the_receiver_class_comes_from_configuration(settings, exporter_auth, camera, dataset):
     from meteorpi_server import create_app
 
-    settings["receiver"] = "meteorpi_server.imports.receivers:BaseImportReceiver"
+    settings["receiver"] = "meteorpi_server.receiver:BaseImportReceiver"
     app = create_app(settings)
     node = ProtocolClient(app.test_client(), exporter_auth)
     event = dataset.add_event(camera, file_count=2)

@@ -274,7 +274,7 @@ def test_an_empty_file_is_one_empty_chunk(uploader, file_id, services):
 
 def test_the_file_stored_hook_sees_each_stored_file_once(settings, exporter_auth, tmp_path, monkeypatch):
     from meteorpi_server import create_app
-    from meteorpi_server.imports.receivers import DatabaseImportReceiver
+    from meteorpi_server.receiver import DatabaseImportReceiver
 
     seen = []
     monkeypatch.setattr(DatabaseImportReceiver, "file_stored",
@@ -291,7 +291,7 @@ def test_the_file_stored_hook_sees_each_stored_file_once(settings, exporter_auth
 
 def test_a_failing_file_stored_hook_does_not_fail_the_import(settings, exporter_auth, tmp_path, monkeypatch):
     from meteorpi_server import create_app
-    from meteorpi_server.imports.receivers import DatabaseImportReceiver
+    from meteorpi_server.receiver import DatabaseImportReceiver
 
     def broken(self, record, path):
         raise RuntimeError("thumbnailer crashed")
