@@ -14,6 +14,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     """Build the WSGI app. ``config`` is a Config, a mapping of settings, or None for
     the configuration file and environment (see :func:`load_config`)."""
     from .api import batch, cameras, downloads, errors, exports, feed, importer, search
+    from .api.context import EXTENSION
     from .services import Services
 
     if config is None:
@@ -23,7 +24,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # limits are ours, per route
     app.json.sort_keys = False
-    app.extensions["meteorpi"] = Services.build(config)
+    app.extensions[EXTENSION] = Services.build(config)
     errors.register_error_handlers(app)
     app.register_blueprint(importer.blueprint)
     app.register_blueprint(downloads.blueprint)

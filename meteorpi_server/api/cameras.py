@@ -1,7 +1,7 @@
 """GET /cameras and one camera's statuses and metadata."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from meteorpi_model import ValidationError
 from meteorpi_model.limits import MAX_TIME_MS
@@ -9,16 +9,13 @@ from meteorpi_model.search import check_camera_id
 
 from ..reading import cameras
 from ..storage.store import now_ms
+from .context import services
 from .errors import ApiError
 from .params import QueryParameters
 from .security import requires_read_access, requires_role
 from .uploads import read_json
 
 blueprint = Blueprint("cameras", __name__)
-
-
-def _services():
-    return current_app.extensions["meteorpi"]
 
 
 def _checked(camera_id: str) -> str:
@@ -42,18 +39,18 @@ def list_cameras():
     those heard from within ``camera_connected_seconds``."""
     params = QueryParameters(request.args, ("connected",))
     connected_only = params.flag("connected")
-    services = _services()
-    with services.database.read() as session:
-        found = cameras.list_cameras(session, now_ms(), services.config.camera_connected_seconds,
+    app_services = services()
+    with app_services.database.read() as session:
+        found = cameras.list_cameras(session, now_ms(), app_services.config.camera_connected_seconds,
                                      connected_only)
     return jsonify({"cameras": [camera.to_dict() for camera in found]})
 
 
 def _camera_reply(camera_id: str):
-    services = _services()
-    with services.database.read() as session:
+    app_services = services()
+    with app_services.database.read() as session:
         camera = cameras.get_camera(session, camera_id, now_ms(),
-                                    services.config.camera_connected_seconds)
+                                    app_services.config.camera_connected_seconds)
     if camera is None:
         raise _unknown_camera(camera_id)
     return jsonify({"camera": camera.to_dict()})
@@ -71,9 +68,9 @@ def get_camera(camera_id: str):
 def set_camera_meta(camera_id: str):
     """Replace the camera's free-form JSON metadata; answers as GET /cameras/<camera_id>."""
     camera_id = _checked(camera_id)
-    meta = read_json(request, _services().config.max_json_bytes)
+    meta = read_json(request, services().config.max_json_bytes)
     try:
-        with _services().database.write() as session:
+        with services().database.write() as session:
             found = cameras.set_meta(session, camera_id, meta)
     except cameras.CameraMetaError as error:
         raise ApiError(400, str(error), "bad_meta", field="meta") from None
@@ -83,7 +80,7 @@ def set_camera_meta(camera_id: str):
 
 
 def _status_reply(camera_id: str, time_ms: int, when: str):
-    with _services().database.read() as session:
+    with services().database.read() as session:
         status = cameras.status_at(session, camera_id, time_ms)
     if status is None:
         raise ApiError(404, f"camera '{camera_id}' has no status in force {when}", "not_found")

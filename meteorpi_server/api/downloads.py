@@ -16,6 +16,7 @@ from werkzeug.utils import send_file
 from meteorpi_model import ValidationError, parse_id
 
 from ..storage import store
+from .context import services
 from .errors import ApiError
 from .security import requires_read_access
 
@@ -41,14 +42,14 @@ def file_content(file_id: str, file_name: str | None = None):
     single byte Range (206, or 416 when unsatisfiable). A Range this server does not
     serve (several ranges, another unit, bad syntax) is ignored: the whole file, 200.
     """
-    services = current_app.extensions["meteorpi"]
+    app_services = services()
     try:
         file_id = parse_id(file_id, "file_id")
     except ValidationError as error:
         raise ApiError(404, f"no file {file_id!r}: {error.message}", "not_found") from None
-    with services.database.read() as session:
+    with app_services.database.read() as session:
         record = store.get_file_record(session, file_id)
-    path = services.files.path_for(file_id)
+    path = app_services.files.path_for(file_id)
     if record is None or not path.is_file():
         raise ApiError(404, f"this server holds no file {file_id.hex}", "not_found")
     etag = record.md5 or file_id.hex
@@ -60,7 +61,7 @@ def file_content(file_id: str, file_name: str | None = None):
         download_name=_suggested_name(file_name) or record.file_name or file_id.hex,
         use_x_sendfile=current_app.config["USE_X_SENDFILE"],
         response_class=current_app.response_class)
-    response.cache_control.public = services.config.read_access == "public"
+    response.cache_control.public = app_services.config.read_access == "public"
     response.cache_control.private = not response.cache_control.public
     response.cache_control.immutable = True
     return response

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 
 from meteorpi_model import ExportConfiguration, ValidationError
 
 from ..exporter import configs, report, tasks
+from .context import services
 from .errors import ApiError
 from .security import requires_role
 from .uploads import read_json
@@ -30,11 +31,11 @@ ROLE = "camera_admin"
 
 
 def _database():
-    return current_app.extensions["meteorpi"].database
+    return services().database
 
 
 def _document() -> dict:
-    document = read_json(request, current_app.extensions["meteorpi"].config.max_json_bytes)
+    document = read_json(request, services().config.max_json_bytes)
     if not isinstance(document, dict):
         raise ApiError(400, "the request body must be a JSON object", "bad_request")
     return document

@@ -11,9 +11,10 @@ import socket
 import time
 from typing import Callable
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from ..storage import feed
+from .context import services
 from .errors import ApiError
 from .params import QueryParameters, bad_parameter
 from .security import requires_read_access
@@ -24,10 +25,6 @@ MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 100
 # How long a browser's EventSource waits before reconnecting after the stream ends.
 RECONNECT_MS = 2000
-
-
-def _services():
-    return current_app.extensions["meteorpi"]
 
 
 def _filter(params: QueryParameters) -> feed.ChangeFilter:
@@ -62,9 +59,9 @@ def changes():
     timeout_ms = params.integer("timeout", default=0, low=0)
     which = _filter(params)
     latest = params.flag("latest")
-    services = _services()
-    wait = min(timeout_ms / 1000, services.config.feed_max_wait_seconds)
-    page = feed.wait_for_changes(services.database, since, limit, wait, which, latest)
+    app_services = services()
+    wait = min(timeout_ms / 1000, app_services.config.feed_max_wait_seconds)
+    page = feed.wait_for_changes(app_services.database, since, limit, wait, which, latest)
     return jsonify({"changes": [change.to_dict() for change in page.changes],
                     "last": page.last, "more": page.more})
 
@@ -111,8 +108,8 @@ def change_stream():
     params = QueryParameters(request.args, ("since", "types", "camera_id"))
     since = _resume_point(params)
     which = _filter(params)
-    services = _services()
-    config = services.config
+    app_services = services()
+    config = app_services.config
 
     # The stream ends after a while so that a restarting worker is not held up and a
     # client re-authenticates now and then; EventSource reconnects by itself.
@@ -124,7 +121,7 @@ def change_stream():
 
     def events():
         yield f"retry: {RECONNECT_MS}\n\n"
-        for change in feed.follow_changes(services.database, since, which, stop=finished,
+        for change in feed.follow_changes(app_services.database, since, which, stop=finished,
                                           idle_seconds=config.feed_heartbeat_seconds):
             if change is None:
                 yield ": heartbeat\n\n"

@@ -7,11 +7,12 @@ import re
 from typing import Any, Callable
 from urllib.parse import unquote
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from meteorpi_model import EventSearch, FileSearch, ValidationError
 
 from ..reading import searches
+from .context import services
 from .errors import ApiError
 from .params import QueryParameters, bad_parameter
 from .security import requires_read_access
@@ -33,7 +34,7 @@ _PARAMETER_OF_FIELD = (
 
 
 def _database():
-    return current_app.extensions["meteorpi"].database
+    return services().database
 
 
 # The original form: /events/<search as JSON> ------------------------------------------

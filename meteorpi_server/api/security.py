@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import functools
 
-from flask import current_app
 from flask_httpauth import HTTPBasicAuth
 
 from ..auth import User
+from .context import services
 from .errors import error_response
 
 basic_auth = HTTPBasicAuth(realm="meteorpi")
@@ -21,7 +21,7 @@ basic_auth = HTTPBasicAuth(realm="meteorpi")
 def _verify(name: str, password: str) -> User | None:
     if not name:
         return None
-    return current_app.extensions["meteorpi"].users.authenticate(name, password)
+    return services().users.authenticate(name, password)
 
 
 @basic_auth.get_user_roles
@@ -54,7 +54,7 @@ def requires_read_access():
 
         @functools.wraps(view)
         def checked(*args, **kwargs):
-            if current_app.extensions["meteorpi"].config.read_access == "public":
+            if services().config.read_access == "public":
                 return view(*args, **kwargs)
             return protected(*args, **kwargs)
 
