@@ -239,6 +239,13 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
+def default(name: str) -> Any:
+    """The default of setting ``name``, parsed as a Config holds it, for code that needs
+    one outside a Config (such as a class's default argument). KeyError if unknown."""
+    setting = _BY_NAME[name]
+    return setting.parse(setting.default)
+
+
 @dataclass(frozen=True)
 class Config:
     """Validated settings. Build one with :func:`load_config` or :meth:`Config.from_mapping`."""

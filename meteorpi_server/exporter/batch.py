@@ -32,6 +32,7 @@ from ..protocol import (
     RECORD_STATES,
     STORED,
 )
+from . import defaults
 from .errors import TargetError, UploadFailed, UploadRefused
 from .handshake import (
     EntitySource,
@@ -45,7 +46,7 @@ from .resumable import Progress, ResumableUploader
 
 log = logging.getLogger("meteorpi.exporter")
 
-DEFAULT_CONCURRENCY = 4
+DEFAULT_CONCURRENCY = defaults.CONCURRENCY
 # Files up to this size travel in bundles; larger ones by resumable upload, where a cut
 # connection costs at most a chunk. A bundle is built in memory, so memory stays bounded
 # by BUNDLE_BYTES per upload thread whatever the files' sizes.

@@ -29,17 +29,18 @@ from ..protocol import (
     ORIGIN_HEADER,
     PROTOCOL_BATCH,
 )
+from . import defaults
 from .errors import TargetError, UploadFailed, UploadRefused
 from .multipart import MultipartFileBody
 from .resumable import DEFAULT_CHUNK_SIZE, Progress, ResumableUploader
 
 log = logging.getLogger("meteorpi.exporter")
 
-DEFAULT_TIMEOUT = (10.0, 300.0)
+DEFAULT_TIMEOUT = defaults.TIMEOUT
 # The target counts failed uploads of a file and answers 'failed' after its
 # upload_attempts (3 by default): a target asking for the same file more often than this
 # in one exchange is going round in circles, and each time costs the whole file.
-MAX_UPLOADS_PER_FILE = 3
+MAX_UPLOADS_PER_FILE = defaults.TARGET_UPLOAD_ATTEMPTS
 
 
 @dataclass

@@ -26,20 +26,22 @@ from ..protocol import (
     UPLOAD_LENGTH_HEADER,
     UPLOAD_OFFSET_HEADER,
 )
+from . import defaults
 from .errors import UploadFailed, UploadRefused
 
 log = logging.getLogger("meteorpi.exporter")
 
-# 8 MiB, though on loopback 16 and 64 MiB chunks were a median 25% faster (bench/README.md,
-# bench/resumable_upload.py): the benchmark's rounds overlap, so the gain is uncertain,
-# while on a camera's slow link a cut costs a whole chunk of resending, and a bigger chunk
-# saves little there. export_chunk_bytes changes it per node.
-DEFAULT_CHUNK_SIZE = 8 << 20
+# export_chunk_bytes' default: 8 MiB, though on loopback 16 and 64 MiB chunks were a median
+# 25% faster (bench/README.md, bench/resumable_upload.py): the benchmark's rounds overlap,
+# so the gain is uncertain, while on a camera's slow link a cut costs a whole chunk of
+# resending, and a bigger chunk saves little there. export_chunk_bytes changes it per node.
+DEFAULT_CHUNK_SIZE = defaults.CHUNK_BYTES
 # A target ends an upload request whose sender went silent after its
 # upload_read_timeout_seconds (60 s by default); until then it answers 409 upload_busy.
-# Waiting out a little more than that lets a stale request of ours (from a link that
-# dropped) end, while the longest pause keeps the wait after it ends short.
-DEFAULT_BUSY_SECONDS = 90.0
+# Waiting out a little more than that (half as much again: 90 s) lets a stale request of
+# ours (from a link that dropped) end, while the longest pause keeps the wait after it
+# ends short.
+DEFAULT_BUSY_SECONDS = defaults.TARGET_UPLOAD_READ_TIMEOUT * 1.5
 BUSY_PAUSE_MAX = 15.0
 
 Progress = Callable[[int], None]
@@ -70,7 +72,7 @@ class ResumableUploader:
 
     def __init__(self, session: requests.Session, import_url: str, *,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, max_chunk_bytes: int | None = None,
-                 timeout: tuple[float, float] = (10.0, 300.0), attempts: int = 5,
+                 timeout: tuple[float, float] = defaults.TIMEOUT, attempts: int = 5,
                  retry_delay: float = 1.0, checksum: str | None = "sha256",
                  busy_seconds: float = DEFAULT_BUSY_SECONDS):
         self.session = session

@@ -43,15 +43,14 @@ from ..storage import store
 from ..storage.db import Database
 from ..storage.files import FileStore
 from ..storage.orm import ExportConfigRow, ExportTaskRow
-from . import tasks
-from .batch import DEFAULT_CONCURRENCY, BatchSender, BatchStats
+from . import defaults, tasks
+from .batch import BatchSender, BatchStats
 from .configs import clip
 from .errors import TargetError
 from .handshake import ExportResult, ImportClient, export_entity
 from .lease import LeaseKeeper, StopSignal
 from .marking import mark
 from .progress import Batch, Reporter
-from .resumable import DEFAULT_CHUNK_SIZE
 from .source import StoreSource, entity_bytes, pending_bytes
 from .target_errors import describe_target_error
 
@@ -67,15 +66,18 @@ BATCH_SIZE = 100
 class ExporterSettings:
     """The runner's settings; :meth:`from_config` reads them from the ``export_*`` settings."""
 
-    interval_seconds: float = 60.0
-    max_failures: int = 4
-    backoff: tasks.Backoff = tasks.Backoff(1_800_000, 21_600_000)
-    connect_timeout: float = 10.0
-    read_timeout: float = 300.0
-    ca_bundle: str = ""
+    # The defaults are config.py's (exporter/defaults.py reads them from its table), so an
+    # ExporterSettings() made without a Config behaves as a node with no configuration.
+    interval_seconds: float = defaults.INTERVAL_SECONDS
+    max_failures: int = defaults.MAX_FAILURES
+    backoff: tasks.Backoff = tasks.Backoff(int(defaults.BACKOFF_SECONDS * 1000),  # noqa: RUF009
+                                           int(defaults.BACKOFF_MAX_SECONDS * 1000))
+    connect_timeout: float = defaults.TIMEOUT[0]
+    read_timeout: float = defaults.TIMEOUT[1]
+    ca_bundle: str = defaults.CA_BUNDLE
     batch_size: int = BATCH_SIZE
-    chunk_bytes: int = DEFAULT_CHUNK_SIZE
-    concurrency: int = DEFAULT_CONCURRENCY
+    chunk_bytes: int = defaults.CHUNK_BYTES
+    concurrency: int = defaults.CONCURRENCY
     #: How long a claim on a configuration lasts unless renewed (every third of it, by a
     #: thread of its own), so only an exporter that died loses it.
     lease_seconds: float = 300.0
