@@ -6,6 +6,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from . import protocol
 from .auth import Users, VerificationCache
 from .config import Config, ConfigError
 from .imports.batch import BatchImporter
@@ -60,7 +61,7 @@ class Services:
         return {
             "server": "meteorpi",
             "server_id": self.server_id.hex,
-            "protocols": ["legacy-1"] + (["batch-2"] if self.batch else []),
+            "protocols": [protocol.PROTOCOL_LEGACY] + ([protocol.PROTOCOL_BATCH] if self.batch else []),
             "limits": {"max_json_bytes": self.config.max_json_bytes,
                        "max_upload_bytes": self.config.max_upload_bytes},
             **({"batch": {"version": 2, "max_entities": self.config.batch_max_entities,

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import io
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from werkzeug.http import parse_options_header
 
+from .. import protocol
 from ..imports.batch import BatchError
-from ..imports.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE
 from ..imports.bundles import BundleError
 from ..storage.files import IncompleteUpload
+from .context import services as app_services
 from .errors import ApiError
 from .importer import origin_server
 from .security import current_user, requires_role
@@ -19,7 +20,8 @@ blueprint = Blueprint("batch", __name__)
 
 
 def _services():
-    services = current_app.extensions["meteorpi"]
+    """The app's services, when it offers batches (404 otherwise)."""
+    services = app_services()
     if services.batch is None:
         raise ApiError(404, "this server does not offer batched replication (protocol v2)",
                        "not_found")
@@ -68,8 +70,8 @@ def records():
 def files():
     """Store the bytes of many small files sent back to back in one body (a bundle)."""
     services = _services()
-    if parse_options_header(request.headers.get("Content-Type", ""))[0] != BUNDLE_MEDIA_TYPE:
-        raise ApiError(415, f"a file bundle must be sent as {BUNDLE_MEDIA_TYPE}",
+    if parse_options_header(request.headers.get("Content-Type", ""))[0] != protocol.BUNDLE_MEDIA_TYPE:
+        raise ApiError(415, f"a file bundle must be sent as {protocol.BUNDLE_MEDIA_TYPE}",
                        "unsupported_media_type")
     limit = services.config.batch_max_bundle_bytes
     if request.content_length is None:

@@ -3,34 +3,30 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from meteorpi_model import ValidationError, parse_id, parse_md5
 
+from .. import protocol
 from ..imports.resumable import Checksum, LengthMismatch, UploadError
 from ..storage.files import IncompleteUpload
+from .context import services as app_services
 from .errors import ApiError, error_response
 from .security import current_user, requires_role
 from .uploads import MultipartFileField, body_read_timeout, read_json
 
 blueprint = Blueprint("importer", __name__)
 
-ORIGIN_HEADER = "Meteorpi-Origin"
-
-
-def _services():
-    return current_app.extensions["meteorpi"]
-
 
 def origin_server():
     """The sending server's id from the ``Meteorpi-Origin`` header (legacy nodes send none)."""
-    value = request.headers.get(ORIGIN_HEADER)
+    value = request.headers.get(protocol.ORIGIN_HEADER)
     if value is None:
         return None
     try:
-        return parse_id(value, ORIGIN_HEADER)
+        return parse_id(value, protocol.ORIGIN_HEADER)
     except ValidationError as error:
-        raise ApiError(400, str(error), "bad_header", field=ORIGIN_HEADER) from None
+        raise ApiError(400, str(error), "bad_header", field=protocol.ORIGIN_HEADER) from None
 
 
 @blueprint.get("/import")
@@ -40,7 +36,7 @@ def describe_import():
 
     A legacy server answers 405 here, which tells an exporter to use the legacy protocol.
     """
-    services = _services()
+    services = app_services()
     services.sweep.maybe_run()
     return jsonify(services.capabilities())
 
@@ -48,7 +44,7 @@ def describe_import():
 @blueprint.post("/import")
 @requires_role("import")
 def import_entity():
-    services = _services()
+    services = app_services()
     # Every import request may trigger the (rate-limited) sweep, not only uploads: a
     # server whose nodes stopped sending files must still clear their abandoned uploads.
     services.sweep.maybe_run()
@@ -61,7 +57,7 @@ def import_entity():
 @requires_role("import")
 def import_file_data(file_id: str, md5: str):
     """The legacy upload: the whole file as the multipart field ``file``."""
-    services = _services()
+    services = app_services()
     file_id, md5 = _upload_target(file_id, md5)
     services.sweep.maybe_run()
     with body_read_timeout(request, services.config.upload_read_timeout_seconds):
@@ -72,9 +68,6 @@ def import_file_data(file_id: str, md5: str):
             raise ApiError(400, str(error), "incomplete_upload") from None
         content.discard_rest()
     return jsonify(reply.to_dict())
-
-
-RESUMABLE_MEDIA_TYPE = "application/offset+octet-stream"
 
 
 def _upload_target(file_id: str, md5: str):
@@ -101,7 +94,7 @@ def _upload_reply(state, status: int = 200):
     response = jsonify(state.to_dict())
     response.status_code = status
     if state.offset is not None:
-        response.headers["Upload-Offset"] = str(state.offset)
+        response.headers[protocol.UPLOAD_OFFSET_HEADER] = str(state.offset)
     return response
 
 
@@ -110,7 +103,7 @@ def _upload_reply(state, status: int = 200):
 def upload_offset(file_id: str, md5: str):
     """How many bytes of a resumable upload the server holds (HEAD gives the same headers)."""
     file_id, md5 = _upload_target(file_id, md5)
-    return _upload_reply(_services().uploads.state(file_id, md5))
+    return _upload_reply(app_services().uploads.state(file_id, md5))
 
 
 @blueprint.patch("/import/data/<file_id>/<md5>")
@@ -118,13 +111,14 @@ def upload_offset(file_id: str, md5: str):
 def upload_chunk(file_id: str, md5: str):
     """Append one chunk of a resumable upload at Upload-Offset."""
     file_id, md5 = _upload_target(file_id, md5)
-    if request.mimetype != RESUMABLE_MEDIA_TYPE:
-        raise ApiError(415, f"a chunk's Content-Type must be {RESUMABLE_MEDIA_TYPE}",
+    if request.mimetype != protocol.RESUMABLE_MEDIA_TYPE:
+        raise ApiError(415, f"a chunk's Content-Type must be {protocol.RESUMABLE_MEDIA_TYPE}",
                        "unsupported_media_type")
-    offset, length = _header_int("Upload-Offset"), _header_int("Upload-Length")
-    services = _services()
+    offset, length = (_header_int(protocol.UPLOAD_OFFSET_HEADER),
+                      _header_int(protocol.UPLOAD_LENGTH_HEADER))
+    services = app_services()
     services.sweep.maybe_run()
-    checksum_header = request.headers.get("Upload-Checksum")
+    checksum_header = request.headers.get(protocol.UPLOAD_CHECKSUM_HEADER)
     try:
         checksum = Checksum.parse(checksum_header) if checksum_header else None
         # The upload's lock is released when append returns or raises, so a silent
@@ -139,8 +133,8 @@ def upload_chunk(file_id: str, md5: str):
             details["length"] = error.length
         response = error_response(error.status, error.error, error.message, **details)
         if error.offset is not None:
-            response.headers["Upload-Offset"] = str(error.offset)
+            response.headers[protocol.UPLOAD_OFFSET_HEADER] = str(error.offset)
         if isinstance(error, LengthMismatch):
-            response.headers["Upload-Length"] = str(error.length)
+            response.headers[protocol.UPLOAD_LENGTH_HEADER] = str(error.length)
         return response
     return _upload_reply(state)

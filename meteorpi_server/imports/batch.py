@@ -24,6 +24,7 @@ from meteorpi_model import (
     parse_md5,
 )
 
+from .. import protocol
 from .bundles import BundleEntry, read_bundle
 from .handshake import ImportRequest, Reply
 from .receivers import BaseImportReceiver, BundleWriter
@@ -112,11 +113,11 @@ class BatchImporter:
             try:
                 results.append(PlannedEntity.parse(entry, f"entities[{index}]"))
             except ValidationError as error:
-                results.append(_result(_text(entry, "type"), _text(entry, "id"), "invalid",
+                results.append(_result(_text(entry, "type"), _text(entry, "id"), protocol.INVALID,
                                        message=str(error), field=error.path))
         plan = self.receiver.plan([entity for entity in results if isinstance(entity, PlannedEntity)])
         results = [_result(entity.entity_type, entity.entity_id.hex,
-                           "stored" if entity.entity_id in plan.stored else "missing")
+                           protocol.STORED if entity.entity_id in plan.stored else protocol.MISSING)
                    if isinstance(entity, PlannedEntity) else entity for entity in results]
         # Not held (the receiver said so): only a partial upload can be there.
         files = [{"file_id": file_id.hex, "md5": md5,
@@ -135,7 +136,7 @@ class BatchImporter:
             try:
                 status = CameraStatus.from_dict(entry, f"statuses[{index}]")
             except ValidationError as error:
-                results.append(_result("status", _text(entry, "status_id"), "invalid",
+                results.append(_result("status", _text(entry, "status_id"), protocol.INVALID,
                                        message=str(error), field=error.path))
             else:
                 results.append(ImportRequest("status", status.status_id, status, user, origin_server))
@@ -167,19 +168,19 @@ class BatchImporter:
     def _store_bundle_entry(self, entry: BundleEntry, writer: BundleWriter) -> dict:
         if entry.invalid is not None:
             entry.skip()
-            return _result("file_data", "", "invalid", message=str(entry.invalid),
+            return _result("file_data", "", protocol.INVALID, message=str(entry.invalid),
                            field=entry.invalid.path)
         file_id_text = entry.file_id.hex
         if entry.size > self.max_file_bytes:
             entry.skip()
-            return _result("file_data", file_id_text, "too_large",
+            return _result("file_data", file_id_text, protocol.TOO_LARGE,
                            message=f"the file is larger than this server's limit of "
                                    f"{self.max_file_bytes} bytes")
         if not writer.write(entry.file_id, entry.md5, entry.content):
-            return _result("file_data", file_id_text, "md5_mismatch",
+            return _result("file_data", file_id_text, protocol.MD5_MISMATCH,
                            message=f"the bytes sent do not have the md5 {entry.md5} and were "
                                    "discarded: check the file on the node and send it again")
-        return _result("file_data", file_id_text, "stored")
+        return _result("file_data", file_id_text, protocol.STORED)
 
     # Records ---------------------------------------------------------------------
 
@@ -191,7 +192,7 @@ class BatchImporter:
             try:
                 entity = _parse_record(entry, f"entities[{index}]")
             except ValidationError as error:
-                results.append(_result(_text(entry, "type"), _entity_id_text(entry), "invalid",
+                results.append(_result(_text(entry, "type"), _entity_id_text(entry), protocol.INVALID,
                                        message=str(error), field=error.path))
             else:
                 results.append(ImportRequest(entity.ENTITY_TYPE, entity.id, entity, user,
@@ -205,25 +206,25 @@ class BatchImporter:
 
 # The replies a batch result carries as they are; another (the legacy handshake's
 # 'continue') cannot be followed in a batch.
-_RECORD_STATES = {"complete", "need_status", "need_file_data", "failed"}
+_RECORD_STATES = protocol.RECORD_STATES - {protocol.INVALID}
 
 
 def _record_result(request: ImportRequest, reply: Reply | None) -> dict:
-    state = "complete" if reply is None else reply.state
+    state = protocol.COMPLETE if reply is None else reply.state
     if state in _RECORD_STATES:
         return _result(request.entity_type, request.entity_id.hex, state,
                        **({} if reply is None else reply.fields))
-    return _result(request.entity_type, request.entity_id.hex, "failed",
+    return _result(request.entity_type, request.entity_id.hex, protocol.FAILED,
                    message=f"the receiver answered '{state}', which a batch cannot follow; "
                            "the next exchange sends the record again")
 
 
 def _status_result(request: ImportRequest, reply: Reply | None) -> dict:
-    if reply is None or reply.state in ("continue", "complete"):
-        return _result("status", request.entity_id.hex, "stored")
-    if reply.state == "failed":
-        return _result("status", request.entity_id.hex, "failed", **reply.fields)
-    return _result("status", request.entity_id.hex, "failed",
+    if reply is None or reply.state in (protocol.CONTINUE, protocol.COMPLETE):
+        return _result("status", request.entity_id.hex, protocol.STORED)
+    if reply.state == protocol.FAILED:
+        return _result("status", request.entity_id.hex, protocol.FAILED, **reply.fields)
+    return _result("status", request.entity_id.hex, protocol.FAILED,
                    message=f"the receiver answered '{reply.state}' for a status")
 
 

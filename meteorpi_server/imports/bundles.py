@@ -20,9 +20,10 @@ from typing import Any, BinaryIO, Iterator
 
 from meteorpi_model import ValidationError, parse_id, parse_md5
 
+from .. import protocol
 from ..storage.files import IncompleteUpload
 
-MEDIA_TYPE = "application/vnd.meteorpi.file-bundle"
+MEDIA_TYPE = protocol.BUNDLE_MEDIA_TYPE
 MAX_HEADER_BYTES = 1024
 READ_SIZE = 1 << 20
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from meteorpi_model import CameraStatus, Event, FileRecord, files_of
 
+from .. import protocol
 from ..storage import store
 from ..storage.blobs import Blobs
 from ..storage.files import Md5Mismatch
@@ -228,7 +229,7 @@ class _RecordBatch:
         if reply is not None:
             return reply
         # A reply of its own, so store() can tell whether the receiver passed it on.
-        admitted = self.admitted[id(request)] = Reply("complete")
+        admitted = self.admitted[id(request)] = Reply(protocol.COMPLETE)
         return admitted
 
     def store(self, replies: list[Reply | None]) -> list[Reply | None]:
@@ -318,7 +319,7 @@ class _StatusBatch:
     def admit(self, request: ImportRequest) -> Reply | None:
         if request.entity_id not in self.missing:
             return None  # held already: taken, once
-        admitted = self.admitted[id(request)] = Reply("continue")
+        admitted = self.admitted[id(request)] = Reply(protocol.CONTINUE)
         return admitted
 
     def store(self, replies: list[Reply | None]) -> list[Reply | None]:

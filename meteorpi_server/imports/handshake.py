@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Union
 
 from meteorpi_model import CameraStatus, Event, FileRecord, ValidationError, parse_id
 
+from .. import protocol
 from ..storage.store import Source
 
 log = logging.getLogger("meteorpi.import")
@@ -51,9 +52,9 @@ class Reply:
         return {"state": self.state, **self.fields}
 
 
-COMPLETE = Reply("complete")
-CONTINUE = Reply("continue")
-CONTINUE_NOCACHE = Reply("continue-nocache")
+COMPLETE = Reply(protocol.COMPLETE)
+CONTINUE = Reply(protocol.CONTINUE)
+CONTINUE_NOCACHE = Reply(protocol.CONTINUE_NOCACHE)
 
 
 class EntityCache:
@@ -148,16 +149,16 @@ class ImportRequest:
             if self.entity is None or isinstance(self.entity, CameraStatus):
                 raise ValueError("only an event or a file can need a status")
             status_id = self.entity.status_id
-        return Reply("need_status", {"status_id": status_id.hex})
+        return Reply(protocol.NEED_STATUS, {"status_id": status_id.hex})
 
     def need_file_data(self, file_id: uuid.UUID) -> Reply:
         """Ask for the bytes of one file, uploaded to /import/data/<file_id>/<md5>."""
-        return Reply("need_file_data", {"file_id": file_id.hex})
+        return Reply(protocol.NEED_FILE_DATA, {"file_id": file_id.hex})
 
     @staticmethod
     def failed(message: str) -> Reply:
         """Give up on this entity for now; the exporter backs off and tries again later."""
-        return Reply("failed", {"message": message})
+        return Reply(protocol.FAILED, {"message": message})
 
 
 class Importer:

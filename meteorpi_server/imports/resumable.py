@@ -33,6 +33,7 @@ from typing import BinaryIO
 
 from meteorpi_model import MD5Stream
 
+from .. import protocol
 from ..storage.files import CHUNK_SIZE, FileStore
 
 log = logging.getLogger("meteorpi.upload")
@@ -65,11 +66,11 @@ class ChecksumMismatch(UploadError):
 
 
 class FileMd5Mismatch(UploadError):
-    status, error = 422, "md5_mismatch"
+    status, error = 422, protocol.MD5_MISMATCH
 
 
 class UploadTooLarge(UploadError):
-    status, error = 413, "too_large"
+    status, error = 413, protocol.TOO_LARGE
 
 
 class LengthMismatch(UploadError):
@@ -115,7 +116,7 @@ class UploadState:
         if self.offset is not None:
             reply["offset"] = self.offset
         if self.complete:
-            reply["state"] = "continue"  # what a legacy upload answers: go on with the import
+            reply["state"] = protocol.CONTINUE  # what a legacy upload answers: go on with the import
         return reply
 
 
