@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
@@ -315,10 +314,6 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (validated like the rest)."""
         return Config.from_mapping({**dataclasses.asdict(self), **changes})
-
-    @property
-    def file_store_path(self) -> Path:
-        return Path(self.file_store)
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:

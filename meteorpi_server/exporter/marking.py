@@ -7,8 +7,6 @@ records back and forth.
 """
 from __future__ import annotations
 
-import uuid
-
 from sqlalchemy import exists, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -59,9 +57,3 @@ def mark(session: Session, row: ExportConfigRow, now: int | None = None) -> int:
     result = session.execute(insert.on_conflict_do_nothing(),
                              execution_options={"preserve_rowcount": True})
     return max(result.rowcount or 0, 0)
-
-
-def mark_config(session: Session, config_id: uuid.UUID, now: int | None = None) -> int:
-    """:func:`mark` for the configuration with this id (0 if it no longer exists)."""
-    row = session.get(ExportConfigRow, config_id)
-    return 0 if row is None else mark(session, row, now)

@@ -339,15 +339,3 @@ def search_files(session: Session, search: FileSearch, cursor: Cursor | None = N
     return _page(session, FileRecordRow, FileRecordRow.file_time, FileRecordRow.file_id,
                  conditions, _file_conditions(search, _every_constraint(search)), search,
                  cursor, descending, with_count, file_record_from_row, lambda row: row.file_id)
-
-
-def count_events(session: Session, search: EventSearch) -> int:
-    """How many events ``search`` matches, ignoring ``limit`` and ``skip``."""
-    conditions = _event_conditions(search, _every_constraint(search))
-    return session.scalar(select(func.count()).select_from(EventRow).where(*conditions))
-
-
-def count_files(session: Session, search: FileSearch) -> int:
-    """How many files ``search`` matches, ignoring ``limit`` and ``skip``."""
-    conditions = _file_conditions(search, _every_constraint(search))
-    return session.scalar(select(func.count()).select_from(FileRecordRow).where(*conditions))

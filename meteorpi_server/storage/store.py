@@ -182,17 +182,9 @@ def release_blobs(session: Session, files: Mapping[uuid.UUID, str]) -> set[uuid.
     return keep
 
 
-def blob_md5(session: Session, file_id: uuid.UUID) -> str | None:
-    return session.scalar(select(StoredBlobRow.md5).where(StoredBlobRow.file_id == file_id))
-
-
-def record_blob(session: Session, file_id: uuid.UUID, md5: str, size: int) -> None:
-    """Note verified bytes for ``file_id``; earlier failed uploads of it are forgotten."""
-    record_blobs(session, [(file_id, md5, size)])
-
-
 def record_blobs(session: Session, blobs: Sequence[tuple[uuid.UUID, str, int]]) -> None:
-    """:func:`record_blob` for many (file id, md5, size) at once, in two statements."""
+    """Note verified bytes for each (file id, md5, size); earlier failed uploads of
+    those files are forgotten. Two statements, however many."""
     if not blobs:
         return
     now = now_ms()

@@ -27,8 +27,8 @@ def store_locally(database: Database, *entities: CameraStatus | Event | FileReco
                 continue
             records = entity.files if isinstance(entity, Event) else [entity]
             for record in records:
-                store.record_blob(session, record.file_id, record.md5 or "0" * 32,
-                                  record.file_size)
+                store.record_blobs(session, [(record.file_id, record.md5 or "0" * 32,
+                                              record.file_size)])
             insert = store.insert_event if isinstance(entity, Event) else store.insert_file_record
             assert insert(session, entity) == []
 

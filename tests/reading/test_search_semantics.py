@@ -11,6 +11,7 @@ import factories
 import pytest
 from local_records import fresh_database_url, store_locally
 from sqlalchemy import select
+from store_queries import count_events, count_files
 
 from meteorpi_model import EventSearch, FileSearch, Location, Meta, NSString
 from meteorpi_server.reading import searches
@@ -230,7 +231,7 @@ def test_the_count_is_every_match_ignoring_limit_and_skip(stored_night, search, 
     database, _ = stored_night
     with database.read() as session:
         page = searches.search_events(session, EventSearch.from_dict(search), with_count=True)
-        assert page.count == count == searches.count_events(session, EventSearch.from_dict(search))
+        assert page.count == count == count_events(session, EventSearch.from_dict(search))
 
 
 def _unpaged(cases):
@@ -245,7 +246,7 @@ def test_the_count_of_every_event_search_is_its_number_of_matches(stored_night, 
     # round), so it is checked against every search's matches.
     database, _ = stored_night
     with database.read() as session:
-        counted = searches.count_events(session, EventSearch.from_dict(search))
+        counted = count_events(session, EventSearch.from_dict(search))
         legacy = searches.search_events(session, EventSearch.from_dict({**search, "limit": 1}),
                                          with_count=True)
     assert counted == legacy.count == len(expected)
@@ -256,7 +257,7 @@ def test_the_count_of_every_event_search_is_its_number_of_matches(stored_night, 
 def test_the_count_of_every_file_search_is_its_number_of_matches(stored_night, search, expected):
     database, _ = stored_night
     with database.read() as session:
-        counted = searches.count_files(session, FileSearch.from_dict(search))
+        counted = count_files(session, FileSearch.from_dict(search))
         legacy = searches.search_files(session, FileSearch.from_dict({**search, "limit": 1}),
                                         with_count=True)
     assert counted == legacy.count == len(expected)

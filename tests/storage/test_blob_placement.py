@@ -14,6 +14,7 @@ import threading
 import pytest
 from protocol import ProtocolClient
 from sqlalchemy import update
+from store_queries import blob_md5
 
 from meteorpi_model import md5_bytes
 from meteorpi_server.storage import store
@@ -33,7 +34,7 @@ def node(client, exporter_auth):
 def held(services, file_id):
     """(md5 of the index row, md5 of the bytes on disk) for ``file_id``."""
     with services.database.read() as session:
-        row_md5 = store.blob_md5(session, file_id)
+        row_md5 = blob_md5(session, file_id)
     path = services.files.path_for(file_id)
     return row_md5, (md5_bytes(path.read_bytes()) if path.exists() else None)
 
