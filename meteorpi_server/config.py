@@ -208,6 +208,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("export_chunk_bytes", 8 * 1024 ** 2,
             "Chunk size of the exporter's resumable uploads (the target's own limit, if "
             "smaller, wins); a cut connection costs at most one chunk.", _positive_int),
+    Setting("export_upload_retry_seconds", 1.0,
+            "Pause before the exporter retries an upload request that failed (a cut "
+            "connection, a 5xx, no progress); it doubles with each failure in a row (1, 2, "
+            "4, 8 s by default) until the upload is given up for this run.",
+            _positive_seconds),
     Setting("export_ca_bundle", "",
             "CA certificates (a PEM file or directory) that export targets' TLS certificates "
             "are checked against; empty: the system's.", _optional_path),
@@ -274,6 +279,7 @@ class Config:
     export_timeout_seconds: float
     export_concurrency: int
     export_chunk_bytes: int
+    export_upload_retry_seconds: float
     export_ca_bundle: str
     read_access: str
     camera_connected_seconds: int

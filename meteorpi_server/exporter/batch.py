@@ -465,6 +465,7 @@ class BatchSender:
             uploader = ResumableUploader(session, self.client.import_url,
                                          chunk_size=self.client.chunk_size,
                                          max_chunk_bytes=limits.get("max_chunk_bytes"),
+                                         retry_delay=self.client.upload_retry_seconds,
                                          timeout=self.client.timeout)
             self._local.uploader = uploader
         return uploader

@@ -22,6 +22,8 @@ MAX_FAILURES: int = default("export_max_failures")
 BACKOFF_SECONDS: float = default("export_backoff_seconds")
 BACKOFF_MAX_SECONDS: float = default("export_backoff_max_seconds")
 CA_BUNDLE: str = default("export_ca_bundle")
+#: First pause before a failed upload request is retried: export_upload_retry_seconds.
+UPLOAD_RETRY_SECONDS: float = default("export_upload_retry_seconds")
 
 # What a target does by default, which the exporter's patience is fitted to (a target
 # configured otherwise still works: these only decide how long the exporter waits).

@@ -117,9 +117,11 @@ class ImportClient:
     def __init__(self, import_url: str, user: str, password: str, *,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT, verify: bool | str = True,
                  origin_server: uuid.UUID | None = None, session: requests.Session | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 upload_retry_seconds: float = defaults.UPLOAD_RETRY_SECONDS):
         self.import_url = import_url.rstrip("/")
         self.chunk_size = chunk_size
+        self.upload_retry_seconds = upload_retry_seconds
         self.capabilities: dict | None = None
         self._resumable: ResumableUploader | None = None
         self.timeout = timeout
@@ -151,7 +153,8 @@ class ImportClient:
         if isinstance(resumable, dict) and resumable.get("version") == 1:
             self._resumable = ResumableUploader(
                 self.session, self.import_url, chunk_size=self.chunk_size,
-                max_chunk_bytes=resumable.get("max_chunk_bytes"), timeout=self.timeout)
+                max_chunk_bytes=resumable.get("max_chunk_bytes"), timeout=self.timeout,
+                retry_delay=self.upload_retry_seconds)
         return self.capabilities
 
     @property

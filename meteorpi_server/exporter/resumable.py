@@ -73,7 +73,7 @@ class ResumableUploader:
     def __init__(self, session: requests.Session, import_url: str, *,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, max_chunk_bytes: int | None = None,
                  timeout: tuple[float, float] = defaults.TIMEOUT, attempts: int = 5,
-                 retry_delay: float = 1.0, checksum: str | None = "sha256",
+                 retry_delay: float = defaults.UPLOAD_RETRY_SECONDS, checksum: str | None = "sha256",
                  busy_seconds: float = DEFAULT_BUSY_SECONDS):
         self.session = session
         self.import_url = import_url.rstrip("/")

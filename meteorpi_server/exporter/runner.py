@@ -78,6 +78,8 @@ class ExporterSettings:
     batch_size: int = BATCH_SIZE
     chunk_bytes: int = defaults.CHUNK_BYTES
     concurrency: int = defaults.CONCURRENCY
+    #: First pause before a failed upload request is retried (it doubles each time).
+    upload_retry_seconds: float = defaults.UPLOAD_RETRY_SECONDS
     #: How long a claim on a configuration lasts unless renewed (every third of it, by a
     #: thread of its own), so only an exporter that died loses it.
     lease_seconds: float = 300.0
@@ -97,7 +99,8 @@ class ExporterSettings:
             read_timeout=config.export_timeout_seconds,
             ca_bundle=config.export_ca_bundle,
             chunk_bytes=config.export_chunk_bytes,
-            concurrency=config.export_concurrency)
+            concurrency=config.export_concurrency,
+            upload_retry_seconds=config.export_upload_retry_seconds)
 
 
 @dataclass
@@ -492,7 +495,8 @@ class Exporter:
                 row.target_url, row.user_id, row.password,
                 timeout=(self.settings.connect_timeout, self.settings.read_timeout),
                 verify=self.settings.ca_bundle or True, origin_server=self.server_id,
-                chunk_size=self.settings.chunk_bytes)
+                chunk_size=self.settings.chunk_bytes,
+                upload_retry_seconds=self.settings.upload_retry_seconds)
             self._clients[row.config_id] = (key, client)
             return client
 
