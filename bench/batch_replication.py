@@ -74,8 +74,10 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-import import_handshake as common  # noqa: E402  (server, database and progress helpers)
-from import_handshake import BenchError, factories, progress  # noqa: E402
+import common  # noqa: E402  (server, database and progress helpers)
+import import_handshake  # noqa: E402  (its server configuration and health figures)
+from common import BenchError, progress  # noqa: E402
+from import_handshake import factories  # noqa: E402
 
 from meteorpi_server.storage import store  # noqa: E402
 from meteorpi_server.exporter.batch import DEFAULT_CONCURRENCY, BatchSender, BatchStats  # noqa: E402
@@ -209,15 +211,15 @@ def start_targets(stack: contextlib.ExitStack, kind: str, specs: list[Spec], pas
     configs = []
     for spec in specs:
         spec.workdir.mkdir(parents=True)
-        database_url = stack.enter_context(common.fresh_database(kind, spec.workdir))
-        configs.append((database_url, common.write_config(
+        database_url = stack.enter_context(common.fresh_database(kind, spec.workdir / "meteorpi.db"))
+        configs.append((database_url, import_handshake.write_config(
             spec.workdir / "server.yaml", database_url, spec.workdir / "files", 1024)))
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
-        list(pool.map(lambda pair: common.prepare(pair[1], password), configs))
+        list(pool.map(lambda pair: import_handshake.prepare(pair[1], password), configs))
     targets = []
     for spec, (database_url, config) in zip(specs, configs):
         url = stack.enter_context(common.serving(config))
-        client = stack.enter_context(ImportClient(f"{url}/import", common.USER, password))
+        client = stack.enter_context(ImportClient(f"{url}/import", import_handshake.USER, password))
         client.describe()
         if not client.uses_resumable_uploads:
             raise BenchError(f"{url} does not offer resumable uploads")
@@ -303,7 +305,7 @@ def bench_database(kind: str, night: Night, plan: Plan) -> dict[str, float]:
         legacy, v2 = start_targets(stack, kind, [
             Spec(Path(directory) / "legacy", "legacy", None),
             Spec(Path(directory) / "v2", "v2", DEFAULT_CONCURRENCY)], password, night.dataset, total)
-        figures["health_before"] = common.health_rate(legacy.url, plan.health_requests)
+        figures["health_before"] = import_handshake.health_rate(legacy.url, plan.health_requests)
         batch = v2.sender.max_entities
         slices = [night.entities[start:start + batch] for start in range(0, total, batch)]
         progress(f"{kind}: replicating {total:,} entities ({night.events:,} events) in "
@@ -327,7 +329,7 @@ def bench_database(kind: str, night: Night, plan: Plan) -> dict[str, float]:
         progress(f"{kind} legacy, nothing left: {figures['nothing_legacy']:.2f} s, {sent:,} requests")
         figures["nothing_v2"], sent = nothing_left_v2(v2, night)
         progress(f"{kind} v2, nothing left: {figures['nothing_v2']:.3f} s, {sent:,} requests")
-        figures["health_after"] = common.health_rate(legacy.url, plan.health_requests)
+        figures["health_after"] = import_handshake.health_rate(legacy.url, plan.health_requests)
     return figures
 
 

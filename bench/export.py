@@ -35,14 +35,9 @@ repetitions; progress goes to stderr, the table to stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import os
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,12 +45,11 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
-import requests
 import yaml
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
+from common import (METEORPI, WORKERS, BenchError, choose_databases, fresh_database, meteorpi,
+                    progress, record, serving)
 
 from meteorpi_model import EventSearch, ExportConfiguration, FileSearch
 from meteorpi_server.exporter import configs
@@ -69,18 +63,9 @@ from meteorpi_server.storage.db import Database
 from meteorpi_server.storage.files import FileStore
 from meteorpi_server.storage.orm import EventRow, FileRecordRow
 
-POSTGRES_URL = os.environ.get("METEORPI_BENCH_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-METEORPI = Path(sys.executable).parent / "meteorpi"
 USER = "bench-node"
-WORKERS = 2
 DAY_MS = 86_400_000
 FIRST_NIGHT = datetime.date(2026, 1, 1)
-STARTED = time.perf_counter()
-
-
-class BenchError(RuntimeError):
-    """Something the benchmark cannot measure past: a failed command or a failed export."""
 
 
 @dataclass(frozen=True)
@@ -97,94 +82,7 @@ QUICK = Plan(repeats=1, night=DemoPlan(cameras=3, nights=1, events_per_night=12,
                                        file_size=64 * 1024))
 
 
-def progress(message: str) -> None:
-    print(f"[{time.perf_counter() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
 # Databases and the server --------------------------------------------------------------------
-
-def postgres_problem() -> str | None:
-    try:
-        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-    except Exception as error:  # any failure to connect means "not reachable"
-        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
-    return None
-
-
-@contextlib.contextmanager
-def fresh_database(kind: str, directory: Path, role: str) -> Iterator[str]:
-    """An empty database of ``kind`` for ``role``; PostgreSQL ones are dropped afterwards."""
-    if kind == "sqlite":
-        yield f"sqlite:///{directory / f'{role}.db'}"
-        return
-    name = f"meteorpi_bench_export_{os.getpid()}_{secrets.token_hex(3)}_{role}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
-def meteorpi(config: Path, *arguments: str, stdin: str | None = None) -> None:
-    completed = subprocess.run([str(METEORPI), "--config", str(config), *arguments], input=stdin,
-                               capture_output=True, text=True, timeout=120)
-    if completed.returncode != 0:
-        raise BenchError(f"meteorpi {' '.join(arguments)} failed ({completed.returncode}):\n"
-                         f"{completed.stdout}{completed.stderr}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def central_server(config: Path) -> Iterator[str]:
-    """``meteorpi serve`` on a free loopback port; yields its base URL, stops it with SIGTERM."""
-    port = free_port()
-    log_path = config.with_suffix(".log")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([str(METEORPI), "--config", str(config), "serve", "--port",
-                                    str(port), "--workers", str(WORKERS)],
-                                   stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    raise BenchError(f"the server exited with status {process.returncode}")
-                try:
-                    if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError("the server did not answer /health within 60 s")
-                time.sleep(0.1)
-            yield url
-        except BaseException:
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-            print(f"--- end of the server log {log_path} ---\n{tail}\n---", file=sys.stderr)
-            raise
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(35)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
 
 # The node ----------------------------------------------------------------------------------
 
@@ -301,8 +199,8 @@ def bench_database(kind: str, plan: Plan) -> dict[str, float]:
     samples: dict[str, list[float]] = defaultdict(list)
     password = secrets.token_urlsafe(18)
     with tempfile.TemporaryDirectory(prefix=f"meteorpi-bench-export-{kind}-") as directory, \
-            fresh_database(kind, Path(directory), "node") as node_url, \
-            fresh_database(kind, Path(directory), "central") as central_url:
+            fresh_database(kind, Path(directory) / "node.db", "export_node") as node_url, \
+            fresh_database(kind, Path(directory) / "central.db", "export_central") as central_url:
         workdir = Path(directory)
         central_config = workdir / "central.yaml"
         central_config.write_text(yaml.safe_dump({
@@ -314,7 +212,7 @@ def bench_database(kind: str, plan: Plan) -> dict[str, float]:
                  stdin=password + "\n")
         node = Node(node_url, workdir / "node-files")
         try:
-            with central_server(central_config) as url:
+            with serving(central_config) as url:
                 for repeat in range(plan.repeats):
                     measure(node, url, password, plan, repeat, samples)
         finally:
@@ -363,11 +261,6 @@ def measure(node: Node, url: str, password: str, plan: Plan, repeat: int, sample
              f"marking {marked} tasks in {mark_seconds * 1000:.1f} ms")
 
 
-def record(samples: dict, **values: float) -> None:
-    for name, value in values.items():
-        samples[name].append(value)
-
-
 # Output -------------------------------------------------------------------------------------
 
 ROWS = (
@@ -396,20 +289,6 @@ def print_table(results: dict[str, dict[str, float]], plan: Plan) -> None:
     for label, name, style in ROWS:
         print(f"{label:<{width}}" + "".join(f"  {style.format(results[kind][name]):>12}"
                                             for kind in kinds))
-
-
-def choose_databases(requested: str | None) -> list[str]:
-    if requested == "sqlite":
-        return ["sqlite"]
-    problem = postgres_problem()
-    if problem is None:
-        return ["postgresql"] if requested == "postgresql" else ["sqlite", "postgresql"]
-    where = make_url(POSTGRES_URL).render_as_string(hide_password=True)
-    if requested is None:
-        print(f"note: PostgreSQL is not reachable at {where} ({problem}); benchmarking SQLite only",
-              file=sys.stderr)
-        return ["sqlite"]
-    raise BenchError(f"PostgreSQL is not reachable at {where}: {problem}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,13 +42,8 @@ stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,31 +51,22 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import requests
 import yaml
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+from common import (METEORPI, WORKERS, BenchError, choose_databases, fresh_database,  # noqa: E402
+                    meteorpi, progress, record, serving)
 
 import factories  # noqa: E402  (the tests' record factories)
 
 from meteorpi_server.exporter.handshake import ImportClient, TargetError, export_entity  # noqa: E402
 
-POSTGRES_URL = os.environ.get("METEORPI_BENCH_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-METEORPI = Path(sys.executable).parent / "meteorpi"
 USER = "bench"
-WORKERS = 2
 HOUR_MS = 3_600_000
-STARTED = time.perf_counter()
-
-
-class BenchError(RuntimeError):
-    """Something the benchmark cannot measure past: a failed command or a wrong reply."""
 
 
 @dataclass(frozen=True)
@@ -105,43 +91,7 @@ DEFAULT = Plan(repeats=3, health_requests=600, cached_auth_requests=400,
                uncached_auth_requests=20, events=200, standalone_files=20)
 
 
-def progress(message: str) -> None:
-    print(f"[{time.perf_counter() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
 # Databases ----------------------------------------------------------------------------
-
-def postgres_problem() -> str | None:
-    """Why PostgreSQL cannot be used, or None if it answers."""
-    try:
-        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-    except Exception as error:  # any failure to connect means "not reachable"
-        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
-    return None
-
-
-@contextlib.contextmanager
-def fresh_database(kind: str, workdir: Path) -> Iterator[str]:
-    """The URL of an empty database of ``kind``, removed afterwards."""
-    if kind == "sqlite":
-        yield f"sqlite:///{workdir / 'meteorpi.db'}"  # the directory goes with it
-        return
-    name = f"meteorpi_bench_{os.getpid()}_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
 
 # The server ---------------------------------------------------------------------------
 
@@ -151,84 +101,11 @@ def write_config(path: Path, database_url: str, file_store: Path, auth_cache_siz
     return path
 
 
-def meteorpi(config: Path, *arguments: str, stdin: str | None = None) -> None:
-    """Run one ``meteorpi`` command; raise BenchError with its output if it fails."""
-    completed = subprocess.run([str(METEORPI), "--config", str(config), *arguments], input=stdin,
-                               capture_output=True, text=True, timeout=120)
-    if completed.returncode != 0:
-        raise BenchError(f"meteorpi {' '.join(arguments)} failed ({completed.returncode}):\n"
-                         f"{completed.stdout}{completed.stderr}")
-
-
 def prepare(config: Path, password: str) -> None:
     """Migrate the empty database and add the benchmark's import user."""
     meteorpi(config, "db", "upgrade")
     meteorpi(config, "users", "add", USER, "--role", "import", "--password-stdin",
              stdin=password + "\n")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"the server exited with status {process.returncode}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise BenchError(f"the server did not answer /health within {seconds:.0f} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM (gunicorn's graceful stop), then SIGKILL if it lingers."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(35)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-@contextlib.contextmanager
-def serving(config: Path) -> Iterator[str]:
-    """``meteorpi serve`` on a free loopback port; yields its base URL.
-
-    If anything fails while it runs, the end of its log is printed to stderr.
-    """
-    port = free_port()
-    log_path = config.with_suffix(".log")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(METEORPI), "--config", str(config), "serve", "--port", str(port),
-             "--workers", str(WORKERS)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            start = time.perf_counter()
-            wait_until_healthy(url, process)
-            progress(f"  server up on {url} after {time.perf_counter() - start:.1f} s")
-            yield url
-        except BaseException:
-            print(f"--- end of the server log {log_path} ---\n{log_tail(log_path)}\n---",
-                  file=sys.stderr)
-            raise
-        finally:
-            stop(process)
 
 
 # Measurements -------------------------------------------------------------------------
@@ -374,17 +251,12 @@ def measure_without_cache(url: str, password: str, plan: Plan, samples: dict) ->
                  f"{probe:,.1f} req/s")
 
 
-def record(samples: dict, **values: float) -> None:
-    for name, value in values.items():
-        samples[name].append(value)
-
-
 def bench_database(kind: str, plan: Plan) -> dict[str, float]:
     """Every figure for one database: medians over the repetitions."""
     samples: dict[str, list[float]] = defaultdict(list)
     password = secrets.token_urlsafe(18)
     with tempfile.TemporaryDirectory(prefix=f"meteorpi-bench-{kind}-") as directory, \
-            fresh_database(kind, Path(directory)) as database_url:
+            fresh_database(kind, Path(directory) / "meteorpi.db") as database_url:
         workdir = Path(directory)
         configs = {size: write_config(workdir / f"server-auth-cache-{size}.yaml", database_url,
                                       workdir / "files", size) for size in (1024, 0)}
@@ -430,21 +302,6 @@ def print_table(results: dict[str, dict[str, float]], plan: Plan) -> None:
     for label, name, style in ROWS:
         print(f"{label:<{width}}" + "".join(f"  {style.format(results[kind][name]):>12}"
                                             for kind in kinds))
-
-
-def choose_databases(requested: str | None) -> list[str]:
-    """The databases to benchmark; without a choice, PostgreSQL only if it answers."""
-    if requested == "sqlite":
-        return ["sqlite"]
-    problem = postgres_problem()
-    if problem is None:
-        return ["postgresql"] if requested == "postgresql" else ["sqlite", "postgresql"]
-    where = make_url(POSTGRES_URL).render_as_string(hide_password=True)
-    if requested is None:
-        print(f"note: PostgreSQL is not reachable at {where} ({problem}); benchmarking SQLite only",
-              file=sys.stderr)
-        return ["sqlite"]
-    raise BenchError(f"PostgreSQL is not reachable at {where}: {problem}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,8 @@ from typing import BinaryIO, Iterator
 
 import requests
 import yaml
+from common import METEORPI, BenchError, free_port, log_tail, progress
+from common import meteorpi as run_meteorpi
 
 from meteorpi_server.config import Config
 from meteorpi_server.exporter.multipart import MultipartFileBody
@@ -79,14 +81,8 @@ from meteorpi_server.storage.files import FileStore
 
 MiB = 1 << 20
 PIECE = MiB
-METEORPI = Path(sys.executable).parent / "meteorpi"
 USER = "bench"
-STARTED = time.perf_counter()
 TIMEOUT = (10.0, 600.0)
-
-
-class BenchError(RuntimeError):
-    """Something the benchmark cannot measure past: a failed command or a wrong reply."""
 
 
 @dataclass(frozen=True)
@@ -124,10 +120,6 @@ CANDIDATES = (
 )
 SHA256_CHUNKS = [candidate for candidate in CANDIDATES
                  if candidate.chunk_size and candidate.checksum == "sha256"]
-
-
-def progress(message: str) -> None:
-    print(f"[{time.perf_counter() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def mb(size: float) -> str:
@@ -198,27 +190,6 @@ class SizedPieces:
 
 
 # Servers ----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_meteorpi(config: Path, *arguments: str, stdin: str | None = None) -> None:
-    completed = subprocess.run([str(METEORPI), "--config", str(config), *arguments], input=stdin,
-                               capture_output=True, text=True, timeout=120)
-    if completed.returncode != 0:
-        raise BenchError(f"meteorpi {' '.join(arguments)} failed ({completed.returncode}):\n"
-                         f"{completed.stdout}{completed.stderr}")
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
 
 @dataclass
 class Server:

@@ -27,10 +27,7 @@ Progress goes to stderr, the table to stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import random
-import secrets
 import statistics
 import sys
 import tempfile
@@ -41,11 +38,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from flask import Flask
-from sqlalchemy import create_engine, insert, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import insert, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from common import POSTGRES_URL, fresh_database, postgres_problem, progress  # noqa: E402
 
 from meteorpi_model import EventSearch, FileSearch  # noqa: E402
 from meteorpi_server import create_app  # noqa: E402
@@ -54,9 +51,6 @@ from meteorpi_server.storage import store  # noqa: E402
 from meteorpi_server.storage.db import Database  # noqa: E402
 from meteorpi_server.storage.orm import Base  # noqa: E402
 
-POSTGRES_URL = os.environ.get("METEORPI_BENCH_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-STARTED = time.perf_counter()
 BATCH = 5000
 CAMERAS = 20
 START_MS = 1_700_000_000_000
@@ -65,44 +59,7 @@ BIG_TABLES = ("event", "event_meta", "file_record", "file_meta")
 SHOWERS = ["sporadic"] * 5 + ["perseid", "geminid", "leonid", "quadrantid"]
 
 
-def progress(message: str) -> None:
-    print(f"[{time.perf_counter() - STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
 # Databases -----------------------------------------------------------------------------
-
-def postgres_problem() -> str | None:
-    """Why PostgreSQL cannot be used, or None if it answers."""
-    try:
-        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-    except Exception as error:  # any failure to connect means "not reachable"
-        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
-    return None
-
-
-@contextlib.contextmanager
-def fresh_database(kind: str) -> Iterator[str]:
-    """The URL of an empty database of ``kind``, removed afterwards."""
-    if kind == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="meteorpi-bench-search-") as workdir:
-            yield f"sqlite:///{Path(workdir) / 'meteorpi.db'}"
-        return
-    name = f"meteorpi_bench_search_{os.getpid()}_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
 
 # The data set --------------------------------------------------------------------------
 
@@ -274,7 +231,7 @@ def build(url: str, events: int) -> tuple[Database, float]:
 
 # The searches --------------------------------------------------------------------------
 
-def searches(database: Database) -> tuple[list[tuple[str, Callable[[], object]]], Flask]:
+def search_plan(database: Database) -> tuple[list[tuple[str, Callable[[], object]]], Flask]:
     """(name, run once) for each figure, the first being the baseline; and the app the
     HTTP figure uses (dispose of its database afterwards)."""
     with database.read() as session:
@@ -371,10 +328,11 @@ class Result:
 
 def bench_one(kind: str, events: int, repeats: int) -> Result:
     progress(f"{kind}, {events:,} events: building")
-    with fresh_database(kind) as url:
+    with tempfile.TemporaryDirectory(prefix="meteorpi-bench-search-") as workdir, \
+            fresh_database(kind, Path(workdir) / "meteorpi.db", "search") as url:
         database, rate = build(url, events)
         try:
-            plan, app = searches(database)
+            plan, app = search_plan(database)
             figures = []
             for name, run in plan:
                 seconds = measure(run, repeats)
