@@ -262,73 +262,111 @@ def export_entity(client: ImportClient, entity: Event | FileRecord | CameraStatu
     ``progress`` is called with the number of file bytes the target confirmed, as they are
     confirmed, so a progress bar moves during a large file too.
     """
-    files = {record.file_id: record for record in files_of(entity)}
-    uploads: dict[uuid.UUID, int] = {}
+    exchange = _Exchange(client, entity, source, progress)
     # Each file costs an upload and a resend, plus a status and a resend: anything beyond
     # that (and some slack for cache misses) means the target is going round in circles.
-    limit = max_round_trips or 2 * len(files) + 12
-    result = ExportResult("unexpected")
-    full = {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()}
-    document: dict | None = full
-
-    while result.round_trips < limit:
+    limit = max_round_trips or 2 * len(exchange.files) + 12
+    document: dict | None = exchange.full
+    answer: _Answer | None = None
+    while exchange.result.round_trips < limit:
         if document is not None:
-            answer = _Answer.of(client.send(document))
-            result.round_trips += 1
+            answer = exchange.send(document)
         document = None
         if answer.status != 200:
-            result.state, result.message = "rejected", f"{answer.status}: {answer.description}"
-            result.status_code = answer.status
-            return result
-        reply = answer.reply
+            return exchange.rejected(answer)
+        step = exchange.follow(answer.reply)
+        if step is None:
+            return exchange.result
+        if isinstance(step, _Answer):
+            answer = step  # the upload's own reply ('continue') decides what comes next
+        else:
+            document = step
+    return exchange.stuck(f"no outcome after {exchange.result.round_trips} round trips")
+
+
+class _Exchange:
+    """The state of one entity's handshake: its files, the uploads so far, the result.
+
+    :meth:`follow` turns one reply into the next step; export_entity drives the loop and
+    keeps the round-trip limit.
+    """
+
+    def __init__(self, client: ImportClient, entity: Event | FileRecord | CameraStatus,
+                 source: EntitySource, progress: Progress | None):
+        self.client, self.entity, self.source, self.progress = client, entity, source, progress
+        self.files = {record.file_id: record for record in files_of(entity)}
+        self.uploads: dict[uuid.UUID, int] = {}
+        self.result = ExportResult("unexpected")
+        self.full = {"type": entity.ENTITY_TYPE, entity.ENTITY_TYPE: entity.to_dict()}
+
+    def send(self, document: dict) -> _Answer:
+        answer = _Answer.of(self.client.send(document))
+        self.result.round_trips += 1
+        return answer
+
+    def follow(self, reply: dict | None) -> dict | _Answer | None:
+        """The next step after ``reply``: a document to send, the answer of an upload
+        (to follow in turn), or None once :attr:`result` is final."""
         state = reply.get("state") if reply else None
         if state == COMPLETE:
-            result.state = COMPLETE
-            return result
+            self.result.state = COMPLETE
+            return None
         if state == FAILED:
-            result.state, result.message = FAILED, str(reply.get("message", ""))
-            return result
+            self._end(FAILED, str(reply.get("message", "")))
+            return None
         if state == CONTINUE:
-            document = {"type": CACHED_ENTITY, "cached_entity_id": entity.id.hex}
-        elif state == CONTINUE_NOCACHE:
-            document = full
-        elif state == NEED_STATUS:
-            status = _lookup_status(source, reply.get("status_id"))
-            if status is None:
-                result.state = FAILED
-                result.message = f"the target asked for status {reply.get('status_id')!r}, which this node does not have"
-                return result
-            document = {"type": "status", "status": status.to_dict()}
-        elif state == NEED_FILE_DATA:
-            record = _lookup_file(files, reply.get("file_id"))
-            if record is None:
-                result.state = "stuck"
-                result.message = f"the target asked for file {reply.get('file_id')!r}, which is not part of this entity"
-                return result
-            if uploads.get(record.file_id, 0) >= MAX_UPLOADS_PER_FILE:
-                result.state = "stuck"
-                result.message = (f"the target asked for file {record.file_id.hex} again after "
-                                  f"{MAX_UPLOADS_PER_FILE} uploads of it")
-                return result
-            uploads[record.file_id] = uploads.get(record.file_id, 0) + 1
-            stream = source.open_file(record)
-            if stream is None:
-                result.state = FAILED
-                result.message = f"the bytes of file {record.file_id.hex} are missing on this node"
-                return result
-            with stream:
-                md5 = record.md5 or md5_file(stream.name)
-                answer, size = client.upload_file(record, md5, stream, progress)
-            result.round_trips += 1
-            result.files_uploaded += 1
-            result.bytes_uploaded += size
-            continue  # the upload's own reply ('continue') decides what comes next
-        else:
-            result.message = f"unexpected reply {reply!r:.200}"
-            return result
-    result.state = "stuck"
-    result.message = f"no outcome after {result.round_trips} round trips"
-    return result
+            return {"type": CACHED_ENTITY, "cached_entity_id": self.entity.id.hex}
+        if state == CONTINUE_NOCACHE:
+            return self.full
+        if state == NEED_STATUS:
+            return self._status_document(reply.get("status_id"))
+        if state == NEED_FILE_DATA:
+            return self._upload(reply.get("file_id"))
+        self.result.message = f"unexpected reply {reply!r:.200}"
+        return None
+
+    def rejected(self, answer: _Answer) -> ExportResult:
+        self._end("rejected", f"{answer.status}: {answer.description}")
+        self.result.status_code = answer.status
+        return self.result
+
+    def stuck(self, message: str) -> ExportResult:
+        self._end("stuck", message)
+        return self.result
+
+    def _end(self, state: str, message: str) -> None:
+        self.result.state, self.result.message = state, message
+
+    def _status_document(self, status_id) -> dict | None:
+        status = _lookup_status(self.source, status_id)
+        if status is None:
+            self._end(FAILED, f"the target asked for status {status_id!r}, which this node "
+                              "does not have")
+            return None
+        return {"type": "status", "status": status.to_dict()}
+
+    def _upload(self, file_id) -> _Answer | None:
+        record = _lookup_file(self.files, file_id)
+        if record is None:
+            self._end("stuck", f"the target asked for file {file_id!r}, which is not part of "
+                               "this entity")
+            return None
+        if self.uploads.get(record.file_id, 0) >= MAX_UPLOADS_PER_FILE:
+            self._end("stuck", f"the target asked for file {record.file_id.hex} again after "
+                               f"{MAX_UPLOADS_PER_FILE} uploads of it")
+            return None
+        self.uploads[record.file_id] = self.uploads.get(record.file_id, 0) + 1
+        stream = self.source.open_file(record)
+        if stream is None:
+            self._end(FAILED, f"the bytes of file {record.file_id.hex} are missing on this node")
+            return None
+        with stream:
+            md5 = record.md5 or md5_file(stream.name)
+            answer, size = self.client.upload_file(record, md5, stream, self.progress)
+        self.result.round_trips += 1
+        self.result.files_uploaded += 1
+        self.result.bytes_uploaded += size
+        return answer
 
 
 def _lookup_status(source: EntitySource, status_id) -> CameraStatus | None:
