@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.security import generate_password_hash
 from werkzeug.serving import make_server
 
+from meteorpi_server import auth as auth_module
 from meteorpi_server import create_app
 from meteorpi_server.config import Config
 from meteorpi_server.storage.db import Database
@@ -34,6 +36,12 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 POSTGRES_URL = os.environ.get("METEORPI_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
 REQUIRE_POSTGRES = os.environ.get("METEORPI_REQUIRE_POSTGRES", "") not in ("", "0")
 PASSWORD = "correct horse battery staple"
+# The server hashes passwords with werkzeug's default (scrypt, tens of milliseconds by
+# design); a check costs as much, and tests check passwords on nearly every request. Tests
+# hash with one round of PBKDF2 instead: werkzeug reads the method from the stored hash, so
+# a server (in process or in a subprocess) then checks them cheaply too. Tests about the
+# real hashing carry the ``real_password_hashing`` marker and get the server's default.
+CHEAP_HASH_METHOD = "pbkdf2:sha256:1"
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 import factories  # noqa: E402  (found through the line above)
@@ -81,7 +89,9 @@ def postgres_database(pytestconfig):
         if REQUIRE_POSTGRES:
             pytest.fail(f"PostgreSQL is required (METEORPI_REQUIRE_POSTGRES) but not reachable: {problem}")
         pytest.skip(f"PostgreSQL not reachable: {problem}")
-    name = f"meteorpi_test_{os.getpid()}_{secrets.token_hex(3)}"
+    # One database per session, so per xdist worker (gw0, gw1, ...): workers never share.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"meteorpi_test_{worker}_{os.getpid()}_{secrets.token_hex(3)}"
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -109,13 +119,22 @@ def sqlite_template(tmp_path_factory):
 KEEP_TABLES = {"server_info"}
 
 
-def _empty_tables(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        names = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables
-                          if table.name not in KEEP_TABLES)
-        connection.execute(text(f"TRUNCATE {names} CASCADE"))
+@pytest.fixture(scope="session")
+def postgres_engine(postgres_database):
+    """One engine for the session's housekeeping (emptying tables between tests)."""
+    engine = create_engine(postgres_database)
+    yield engine
     engine.dispose()
+
+
+def _empty_tables(engine) -> None:
+    # DELETE, children first, in one transaction: on tables holding a test's few rows it
+    # is an order of magnitude faster than TRUNCATE (which makes new files for each table),
+    # and neither resets sequences, so a test sees the same thing either way.
+    with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            if table.name not in KEEP_TABLES:
+                connection.execute(table.delete())
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -126,7 +145,7 @@ def database_url(request, tmp_path) -> str:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     url = request.getfixturevalue("postgres_database")
-    _empty_tables(url)
+    _empty_tables(request.getfixturevalue("postgres_engine"))
     return url
 
 
@@ -154,10 +173,24 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(request, monkeypatch):
+    """Users the server adds during a test get cheap hashes (see CHEAP_HASH_METHOD)."""
+    if request.node.get_closest_marker("real_password_hashing"):
+        return
+    monkeypatch.setattr(auth_module, "generate_password_hash",
+                        partial(generate_password_hash, method=CHEAP_HASH_METHOD))
+    # Unknown names are checked against this, to cost what a wrong password costs.
+    monkeypatch.setattr(auth_module, "_DUMMY_HASH", _CHEAP_DUMMY_HASH)
+
+
+_CHEAP_DUMMY_HASH = generate_password_hash(secrets.token_hex(16), method=CHEAP_HASH_METHOD)
+
+
 @pytest.fixture(scope="session")
 def password_hash() -> str:
-    # Hashing once per session keeps user set-up cheap; checking still uses the real hash.
-    return generate_password_hash(PASSWORD)
+    """PASSWORD's hash, made once, cheap to check (see CHEAP_HASH_METHOD)."""
+    return generate_password_hash(PASSWORD, method=CHEAP_HASH_METHOD)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pytest
 
 from meteorpi_server import auth as auth_module
 from meteorpi_server.auth import UserError, VerificationCache
+from meteorpi_server.storage.orm import UserRow
 
 READ_ONLY = {"GET", "HEAD", "OPTIONS"}
 # Routes that are deliberately open to anyone (read-only ones only).
@@ -101,6 +102,19 @@ def test_credentials_that_are_not_utf8_are_a_401(client, exporter_auth, raw):
 def test_authenticate_refuses_unusable_credentials_without_an_error(services, exporter_auth,
                                                                    name, password):
     assert services.users.authenticate(name, password) is None
+
+
+@pytest.mark.real_password_hashing
+def test_passwords_are_hashed_with_werkzeugs_default_method(services):
+    # Other tests hash cheaply (tests/conftest.py); this one sees what a server stores.
+    services.users.add("real", "a real password", ["import"])
+    with services.database.read() as session:
+        stored = session.get(UserRow, "real").password_hash
+    assert stored.startswith("scrypt:")
+    assert auth_module._DUMMY_HASH.startswith("scrypt:")
+    assert services.users.authenticate("real", "a real password").roles == {"import"}
+    assert services.users.authenticate("real", "a wrong password") is None
+    assert services.users.authenticate("nobody", "a real password") is None
 
 
 def test_the_import_role_is_needed_to_import(client, make_user):
