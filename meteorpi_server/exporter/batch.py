@@ -141,6 +141,22 @@ def _in_parts(items: list, sizes: list[int], max_count: int, max_bytes: int) -> 
     return parts + ([current] if current else [])
 
 
+def _drop_unsent(waiting: list, failed_files: dict[uuid.UUID, str | None],
+                 results: dict[uuid.UUID, ExportResult]) -> list:
+    """The entities of ``waiting`` whose files all arrived. One with a file that cannot be
+    sent gets a FAILED result; one left out by a stop gets none (neither sent nor failed)."""
+    ready = []
+    for entity in waiting:
+        reasons = [failed_files[r.file_id] for r in files_of(entity) if r.file_id in failed_files]
+        if None in reasons:  # not uploaded because of a stop
+            continue
+        if reasons:
+            results[entity.id] = ExportResult(FAILED, "; ".join(reasons))
+        else:
+            ready.append(entity)
+    return ready
+
+
 class _TooLarge(TargetError):
     """The target (or a proxy before it) answered 413: the request was too large for it."""
 
@@ -257,12 +273,27 @@ class BatchSender:
         return reply
 
     def _send_batch(self, entities, progress, stats, stop) -> dict[uuid.UUID, ExportResult]:
+        """One batch: plan, then what the target lacks (statuses, file bytes), then the
+        records of the entities whose files all arrived."""
+        results: dict[uuid.UUID, ExportResult] = {}
+        waiting, need_statuses, need_files = self._plan(entities, results, stats)
+        if not waiting:
+            return results
+        self._send_statuses(need_statuses, stats)
+        failed_files = self._upload_files(need_files, waiting, progress, stats, stop)
+        waiting = _drop_unsent(waiting, failed_files, results)
+        if waiting:
+            self._send_records(waiting, results, progress, stats, stop)
+        return results
+
+    def _plan(self, entities, results: dict[uuid.UUID, ExportResult], stats: BatchStats):
+        """Ask the target what it lacks. Entities it holds or refuses get their result in
+        ``results``; returns the entities it lacks, and the statuses and files it needs."""
         by_id = {entity.id: entity for entity in entities}
         plan = self._post("plan", {"entities": [_plan_entry(entity) for entity in entities]}, stats)
         need_statuses = [_id_of(value, "plan", "need_statuses")
                          for value in _list_of(plan, "need_statuses", "plan")]
         need_files = [_needed_file(item) for item in _list_of(plan, "need_files", "plan")]
-        results: dict[uuid.UUID, ExportResult] = {}
         waiting, answered = [], set()
         for entry_id, state, entry in _outcomes(plan, "entities", "plan", PLAN_STATES):
             entity = by_id.get(entry_id)
@@ -279,19 +310,12 @@ class BatchSender:
         if unplanned:  # the plan must name each entity it was asked about
             raise _outside(f"batch plan gave no state for {len(unplanned)} of the entities "
                            f"asked about, such as {unplanned[0].id.hex}")
-        if not waiting:
-            return results
-        self._send_statuses(need_statuses, stats)
-        failed_files = self._upload_files(need_files, waiting, progress, stats, stop)
-        for entity in list(waiting):
-            reasons = [failed_files[r.file_id] for r in files_of(entity) if r.file_id in failed_files]
-            if None in reasons:  # not uploaded because of a stop: neither sent nor failed
-                waiting.remove(entity)
-            elif reasons:
-                results[entity.id] = ExportResult(FAILED, "; ".join(reasons))
-                waiting.remove(entity)
-        if not waiting:
-            return results
+        return waiting, need_statuses, need_files
+
+    def _send_records(self, waiting, results: dict[uuid.UUID, ExportResult], progress,
+                      stats: BatchStats, stop: StopSignal) -> None:
+        """Send the records of ``waiting`` (their statuses and files are there now) and put
+        each one's result in ``results``; what the target still lacks goes by handshake."""
         fitting, sizes = [], []
         for entity in waiting:
             entry = _record_entry(entity)
@@ -319,7 +343,6 @@ class BatchSender:
                 results[entity.id] = _invalid(outcome)
             elif not stop.is_set():  # need_status / need_file_data: the handshake fetches it
                 results[entity.id] = self._fallback(entity, progress, stats)
-        return results
 
     def _send_statuses(self, status_ids: list[uuid.UUID], stats: BatchStats) -> None:
         statuses = [self.source.status(status_id) for status_id in status_ids]
