@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 import requests
@@ -61,6 +61,29 @@ class UploadOutcome:
     md5_mismatch: bool = False
 
 
+@dataclass
+class _Upload:
+    """One file's upload in progress: where it goes, and how it is going."""
+
+    url: str
+    file_id: uuid.UUID
+    size: int
+    progress: Progress | None
+    outcome: UploadOutcome = field(default_factory=lambda: UploadOutcome(complete=False))
+    # Failures since the offset last moved on, and seconds waited on upload_busy.
+    failures: int = 0
+    busy_waited: float = 0.0
+
+    def sent(self, count: int) -> None:
+        self.outcome.bytes_sent += count
+        if self.progress:
+            self.progress(count)
+
+
+class _Md5Mismatch(Exception):
+    """The server found the whole file's md5 wrong and discarded it."""
+
+
 class ResumableUploader:
     """Uploads files to one server's ``/import/data/<id>/<md5>`` with a requests.Session.
 
@@ -92,74 +115,78 @@ class ResumableUploader:
         ``offset``, when the caller already knows the server's (a batch plan says it),
         saves asking for it first.
         """
-        url = f"{self.import_url}/data/{file_id.hex}/{md5}"
-        size = os.fstat(source.fileno()).st_size
-        outcome = UploadOutcome(complete=False)
-        # Failures since the offset last moved on, and seconds waited on upload_busy.
-        failures, busy_waited = 0, 0.0
+        upload = _Upload(f"{self.import_url}/data/{file_id.hex}/{md5}", file_id,
+                         os.fstat(source.fileno()).st_size, progress)
         if offset is None:
-            offset = self._offset(url)
-        while offset is not None:
-            source.seek(offset)
-            chunk = source.read(min(self.chunk_size, size - offset))
-            try:
-                response = self._send(url, offset, size, chunk)
-            except requests.RequestException as error:
-                failures = self._back_off(failures, f"sending bytes {offset}+ of {file_id.hex}: {error}")
-                offset = self._offset(url)
-                continue
-            reply = _json(response)
-            if response.status_code == 200 and reply.get("complete"):
-                outcome.bytes_sent += len(chunk)
-                if progress:
-                    progress(len(chunk))
-                offset = None
-            elif response.status_code == 200:
-                moved_to = reply.get("offset")
-                if not isinstance(moved_to, int) or moved_to <= offset:
-                    # Only progress is success: a 200 that is not this protocol's reply, or
-                    # that leaves the offset where it was, would otherwise loop forever.
-                    failures = self._back_off(failures, f"{url} answered 200 without moving on "
-                                                        f"from byte {offset}: {response.text[:200]!r}")
-                    offset = self._offset(url)
+            offset = self._offset(upload.url)
+        try:
+            while offset is not None:
+                source.seek(offset)
+                chunk = source.read(min(self.chunk_size, upload.size - offset))
+                try:
+                    response = self._send(upload.url, offset, upload.size, chunk)
+                except requests.RequestException as error:
+                    upload.failures = self._back_off(
+                        upload.failures, f"sending bytes {offset}+ of {file_id.hex}: {error}")
+                    offset = self._offset(upload.url)
                     continue
-                failures, busy_waited = 0, 0.0
-                outcome.bytes_sent += moved_to - offset
-                if progress:
-                    progress(moved_to - offset)
-                offset = moved_to
-            elif response.status_code == 409 and reply.get("error") == LENGTH_MISMATCH:
-                # Bytes another sender put there under this md5 claim another size; they
-                # fail their md5 or expire, so the target may take ours later.
-                raise UploadFailed(f"{url} holds {reply.get('offset')} bytes of an upload of "
-                                   f"{reply.get('length')} bytes, not {size}")
-            elif response.status_code == 413 and self._lower_chunk_size(len(chunk)):
-                continue  # the target lowered its max_chunk_bytes: send smaller chunks
-            elif response.status_code == 409 and reply.get("error") == UPLOAD_BUSY:
-                # Another request still holds the upload (most likely our own, cut off on
-                # its way): retrying at once cannot help until the target ends it.
-                busy_waited = self._wait_busy(busy_waited, reply.get("message", "upload busy"))
-                offset = self._offset(url)
-            elif response.status_code == 409:
-                # Someone (a retry of ours whose reply was lost) got there first: resync.
-                failures = self._back_off(failures, reply.get("message", "offset conflict"), pause=False)
-                offset = reply["offset"] if "offset" in reply else self._offset(url)
-            elif response.status_code == 422 and reply.get("error") == MD5_MISMATCH:
-                outcome.md5_mismatch = True
-                return outcome
-            elif response.status_code in (408, 422) or response.status_code >= 500:
-                # 408: the target stopped waiting for the rest of a slow chunk; it kept what
-                # arrived, so this is a cut connection like any other.
-                failures = self._back_off(failures, f"{response.status_code}: {reply.get('message', response.text[:200])}")
-                offset = self._offset(url)
-            elif response.status_code in TARGET_STATUS_CODES:
-                raise UploadFailed(f"{url} answered {response.status_code}: "
-                                   f"{reply.get('message', response.text[:200])}")
-            else:
-                raise UploadRefused(f"{url} answered {response.status_code}: "
-                                    f"{reply.get('message', response.text[:200])}")
-        outcome.complete = True
-        return outcome
+                offset = self._follow(upload, offset, chunk, response)
+        except _Md5Mismatch:
+            upload.outcome.md5_mismatch = True
+            return upload.outcome
+        upload.outcome.complete = True
+        return upload.outcome
+
+    def _follow(self, upload: _Upload, offset: int, chunk: bytes,
+                response: requests.Response) -> int | None:
+        """Where to send from after the reply to a chunk sent at ``offset`` (None: the
+        server holds the whole file). Raises UploadFailed or UploadRefused when the
+        upload cannot go on, _Md5Mismatch when the server found the whole file wrong."""
+        url, reply = upload.url, _json(response)
+        status = response.status_code
+        if status == 200 and reply.get("complete"):
+            upload.sent(len(chunk))
+            return None
+        if status == 200:
+            moved_to = reply.get("offset")
+            if not isinstance(moved_to, int) or moved_to <= offset:
+                # Only progress is success: a 200 that is not this protocol's reply, or
+                # that leaves the offset where it was, would otherwise loop forever.
+                upload.failures = self._back_off(upload.failures, f"{url} answered 200 without moving on "
+                                                                  f"from byte {offset}: {response.text[:200]!r}")
+                return self._offset(url)
+            upload.failures, upload.busy_waited = 0, 0.0
+            upload.sent(moved_to - offset)
+            return moved_to
+        if status == 409 and reply.get("error") == LENGTH_MISMATCH:
+            # Bytes another sender put there under this md5 claim another size; they
+            # fail their md5 or expire, so the target may take ours later.
+            raise UploadFailed(f"{url} holds {reply.get('offset')} bytes of an upload of "
+                               f"{reply.get('length')} bytes, not {upload.size}")
+        if status == 413 and self._lower_chunk_size(len(chunk)):
+            return offset  # the target lowered its max_chunk_bytes: send smaller chunks
+        if status == 409 and reply.get("error") == UPLOAD_BUSY:
+            # Another request still holds the upload (most likely our own, cut off on
+            # its way): retrying at once cannot help until the target ends it.
+            upload.busy_waited = self._wait_busy(upload.busy_waited, reply.get("message", "upload busy"))
+            return self._offset(url)
+        if status == 409:
+            # Someone (a retry of ours whose reply was lost) got there first: resync.
+            upload.failures = self._back_off(upload.failures, reply.get("message", "offset conflict"),
+                                             pause=False)
+            return reply["offset"] if "offset" in reply else self._offset(url)
+        if status == 422 and reply.get("error") == MD5_MISMATCH:
+            raise _Md5Mismatch()
+        if status in (408, 422) or status >= 500:
+            # 408: the target stopped waiting for the rest of a slow chunk; it kept what
+            # arrived, so this is a cut connection like any other.
+            upload.failures = self._back_off(
+                upload.failures, f"{status}: {reply.get('message', response.text[:200])}")
+            return self._offset(url)
+        if status in TARGET_STATUS_CODES:
+            raise UploadFailed(f"{url} answered {status}: "
+                               f"{reply.get('message', response.text[:200])}")
+        raise UploadRefused(f"{url} answered {status}: {reply.get('message', response.text[:200])}")
 
     def _send(self, url: str, offset: int, size: int, chunk: bytes) -> requests.Response:
         headers = {"Content-Type": RESUMABLE_MEDIA_TYPE, UPLOAD_OFFSET_HEADER: str(offset),
