@@ -98,7 +98,7 @@ def test_head_gives_the_headers_without_the_bytes(client, reader, stored_file):
     assert response.data == b""
 
 
-@pytest.mark.parametrize("file_id", [uuid.uuid4().hex, "not-an-id"])
+@pytest.mark.parametrize("file_id", [uuid.uuid4().hex, "not-an-id"], ids=["unknown-id", "not-an-id"])
 def test_an_unknown_file_is_a_404_in_json(client, reader, file_id):
     response = client.get(f"/files/content/{file_id}", auth=reader)
     assert response.status_code == 404 and response.get_json()["error"] == "not_found"

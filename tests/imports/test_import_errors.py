@@ -115,7 +115,7 @@ GOOD_MD5 = md5_bytes(b"data")
     (f"/import/data/not-an-id/{GOOD_MD5}", "bad_url"),
     (f"/import/data/{FILE_ID}/not-an-md5", "bad_url"),
     (f"/import/data/{FILE_ID}/{'g' * 32}", "bad_url"),
-])
+], ids=["bad-id", "bad-md5", "non-hex-md5"])
 def test_an_upload_url_with_a_bad_id_or_md5_is_a_400(client, exporter_auth, services, url, error):
     response = upload(client, exporter_auth, url, data={"file": (io.BytesIO(b"data"), "f")},
                       content_type="multipart/form-data")
