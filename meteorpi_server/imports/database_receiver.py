@@ -69,13 +69,7 @@ class DatabaseImportReceiver(BaseImportReceiver):
     # Records ---------------------------------------------------------------------
 
     def receive_records(self, requests: Sequence[ImportRequest]) -> list[Reply | None]:
-        batch = _RecordBatch(self, requests)
-        token = _record_batch.set(batch)
-        try:
-            replies = super().receive_records(requests)
-        finally:
-            _record_batch.reset(token)
-        return batch.store(replies)
+        return _ask(_record_batch, _RecordBatch(self, requests), super().receive_records)
 
     def receive_event(self, request: ImportRequest) -> Reply | None:
         return self._decide(request)
@@ -85,24 +79,20 @@ class DatabaseImportReceiver(BaseImportReceiver):
 
     def _decide(self, request: ImportRequest) -> Reply | None:
         batch = _record_batch.get()
-        if batch is None:  # asked outside receive_records: a batch of its own
+        if batch is None or not batch.includes(request):
+            # Asked outside receive_records (or about a record it was not given): a batch
+            # of its own, so what the decision needs is read for this record too.
             return self.receive_records([request])[0]
         return batch.admit(request)
 
     # Statuses --------------------------------------------------------------------
 
     def receive_statuses(self, requests: Sequence[ImportRequest]) -> list[Reply | None]:
-        batch = _StatusBatch(self, requests)
-        token = _status_batch.set(batch)
-        try:
-            replies = super().receive_statuses(requests)
-        finally:
-            _status_batch.reset(token)
-        return batch.store(replies)
+        return _ask(_status_batch, _StatusBatch(self, requests), super().receive_statuses)
 
     def receive_status(self, request: ImportRequest) -> Reply | None:
         batch = _status_batch.get()
-        if batch is None:
+        if batch is None or not batch.includes(request):
             return self.receive_statuses([request])[0]
         return batch.admit(request)
 
@@ -130,7 +120,7 @@ class DatabaseImportReceiver(BaseImportReceiver):
             stored = self.blobs.write(file_id, content, md5, self.config.max_upload_bytes)
         except Md5Mismatch as mismatch:
             log.warning("upload from %s discarded: %s", user, mismatch)
-            self.upload_failed(file_id, md5, user)
+            self._count_failed_upload(file_id, md5)
             return
         if stored is not None:
             log.info("stored %d bytes for file %s from %s", stored.size, file_id.hex, user)
@@ -145,6 +135,9 @@ class DatabaseImportReceiver(BaseImportReceiver):
             log.info("stored %d bytes for file %s from %s (resumable)", size, file_id.hex, user)
 
     def upload_failed(self, file_id: uuid.UUID, md5: str, user: str) -> None:
+        self._count_failed_upload(file_id, md5)
+
+    def _count_failed_upload(self, file_id: uuid.UUID, md5: str) -> None:
         with self.database.write() as session:
             store.note_upload_failure(session, file_id, md5, self._attempts_window_start())
 
@@ -204,7 +197,7 @@ class _Holdings:
                 and record.file_id not in self._counted):
             log.warning("bytes held for file %s have md5 %s, its record says %s",
                         record.file_id.hex, held[0], record.md5)
-            receiver.upload_failed(record.file_id, held[0], "")
+            receiver._count_failed_upload(record.file_id, held[0])
             self._counted.add(record.file_id)
         with receiver.database.read() as session:
             return store.recent_upload_failures(session, record.file_id,
@@ -215,29 +208,57 @@ class _Holdings:
             store.reset_upload_failures(session, file_id)
 
 
-class _RecordBatch:
-    """The records of one :meth:`DatabaseImportReceiver.receive_records` call."""
+def _ask(current: contextvars.ContextVar, batch: _Batch, ask) -> list[Reply | None]:
+    """``ask`` the receiver about ``batch``'s requests, with ``batch`` as ``current``,
+    then store what it admitted; the final replies."""
+    token = current.set(batch)
+    try:
+        replies = ask(batch.requests)
+    finally:
+        current.reset(token)
+    return batch.store(list(replies))
+
+
+class _Batch:
+    """Requests the receiver is being asked about, and the replies that admitted some of
+    them to be stored; a subclass's ``store(replies)`` stores those and returns the
+    final replies."""
 
     def __init__(self, receiver: DatabaseImportReceiver, requests: Sequence[ImportRequest]):
         self.receiver = receiver
         self.requests = list(requests)
+        self._ids = {id(request) for request in self.requests}  # the list keeps them alive
+        self._admitted: dict[int, Reply] = {}
+
+    def includes(self, request: ImportRequest) -> bool:
+        return id(request) in self._ids
+
+    def _admit(self, request: ImportRequest, state: str) -> Reply:
+        # A reply of its own, so _passed_on can tell whether the receiver passed it on.
+        reply = self._admitted[id(request)] = Reply(state)
+        return reply
+
+    def _passed_on(self, replies: list[Reply | None]) -> list[tuple[int, ImportRequest]]:
+        """The admitted requests whose reply came back unchanged: a receiver may still
+        refuse a record after asking this class about it."""
+        return [(index, request) for index, request in enumerate(self.requests)
+                if replies[index] is not None and replies[index] is self._admitted.get(id(request))]
+
+
+class _RecordBatch(_Batch):
+    """The records of one :meth:`DatabaseImportReceiver.receive_records` call."""
+
+    def __init__(self, receiver: DatabaseImportReceiver, requests: Sequence[ImportRequest]):
+        super().__init__(receiver, requests)
         self.holdings = _Holdings(receiver, [request.entity for request in self.requests])
-        self.admitted: dict[int, Reply] = {}  # id(request): the reply that admitted it
 
     def admit(self, request: ImportRequest) -> Reply | None:
         reply = decisions.decide(request, self.holdings, self.receiver.config.upload_attempts)
-        if reply is not None:
-            return reply
-        # A reply of its own, so store() can tell whether the receiver passed it on.
-        admitted = self.admitted[id(request)] = Reply(protocol.COMPLETE)
-        return admitted
+        return reply if reply is not None else self._admit(request, protocol.COMPLETE)
 
     def store(self, replies: list[Reply | None]) -> list[Reply | None]:
-        """Store the admitted records whose reply came back unchanged; the final replies."""
-        replies = list(replies)
-        ready = [(index, request) for index, request in enumerate(self.requests)
-                 if self.admitted.get(id(request)) is not None
-                 and replies[index] is self.admitted[id(request)]]
+        """Store the records passed on; the final replies."""
+        ready = self._passed_on(replies)
         if not ready:
             return replies
         with self.receiver.database.write() as session:
@@ -305,28 +326,24 @@ class _RecordBatch:
         return request.complete(), True
 
 
-class _StatusBatch:
+class _StatusBatch(_Batch):
     """The statuses of one :meth:`DatabaseImportReceiver.receive_statuses` call."""
 
     def __init__(self, receiver: DatabaseImportReceiver, requests: Sequence[ImportRequest]):
-        self.receiver = receiver
-        self.requests = list(requests)
+        super().__init__(receiver, requests)
         with receiver.database.read() as session:
             self.missing = set(store.missing_statuses(
                 session, [request.entity_id for request in self.requests]))
-        self.admitted: dict[int, Reply] = {}
 
     def admit(self, request: ImportRequest) -> Reply | None:
         if request.entity_id not in self.missing:
             return None  # held already: taken, once
-        admitted = self.admitted[id(request)] = Reply(protocol.CONTINUE)
-        return admitted
+        return self._admit(request, protocol.CONTINUE)
 
     def store(self, replies: list[Reply | None]) -> list[Reply | None]:
-        replies = list(replies)
-        ready = {request.entity_id: (index, request) for index, request in enumerate(self.requests)
-                 if self.admitted.get(id(request)) is not None
-                 and replies[index] is self.admitted[id(request)]}
+        """Store the statuses passed on, each once; the final replies."""
+        # One of each: the same status twice in a request is stored once.
+        ready = {request.entity_id: (index, request) for index, request in self._passed_on(replies)}
         if not ready:
             return replies
         with self.receiver.database.write() as session:
@@ -359,7 +376,7 @@ class _BundleWriter(BundleWriter):
             self.group.write(file_id, content, md5)
         except Md5Mismatch as mismatch:
             log.warning("bundled upload from %s discarded: %s", self.user, mismatch)
-            self.receiver.upload_failed(file_id, md5, self.user)
+            self.receiver._count_failed_upload(file_id, md5)
             return False
         return True
 

@@ -74,9 +74,10 @@ def bytes_missing(request: ImportRequest, record: FileRecord, holdings: Holdings
 
 def conflict(request: ImportRequest) -> Reply:
     """The reply for a record that cannot be stored beside those already held."""
-    return request.failed(
-        f"{request.entity_type} {request.entity_id.hex} conflicts with records already "
-        "stored (a file id in it may belong to another event or file record)")
+    why = "" if request.entity_type == "status" else (
+        " (a file id in it may belong to another event or file record)")
+    return request.failed(f"{request.entity_type} {request.entity_id.hex} conflicts with "
+                          f"records already stored{why}")
 
 
 def statuses_of(entity: Event | FileRecord) -> list[uuid.UUID]:
