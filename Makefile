@@ -10,6 +10,10 @@ _given = $(if $(filter command line,$(origin $(1))),$(2) $($(1)))
 SERVE_ARGS := $(strip $(call _given,HOST,--host) $(call _given,PORT,--port) $(call _given,WORKERS,--workers))
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow" -x'
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): many tests wait on sockets and subprocesses, so more
+# workers than cores pays off; TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 4
+PYTEST_XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 # make demo: where its runs go, its two servers' ports, and how much data it makes.
 DEMO_DIR ?= var/demo
 NODE_PORT ?= 8101
@@ -32,10 +36,10 @@ run: install
 	$(BIN)/meteorpi serve $(SERVE_ARGS)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_XDIST) -m "not slow" -q $(PYTEST_ARGS)
 
 # Every benchmark, one after another (about an hour); each prints its own table.
 bench: install

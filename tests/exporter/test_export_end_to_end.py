@@ -63,7 +63,8 @@ def backlog(node) -> dict[str, dict]:
 def write_config(node, path) -> str:
     path.write_text(yaml.safe_dump({**node.settings, "log_level": "info",
                                     "export_backoff_seconds": 0.05,
-                                    "export_backoff_max_seconds": 0.2}))
+                                    "export_backoff_max_seconds": 0.2,
+                                    "export_upload_retry_seconds": 0.05}))
     return str(path)
 
 

@@ -186,7 +186,7 @@ class Node:
 def fast_settings(**changes) -> ExporterSettings:
     """Settings for tests: short time-outs, back-off in milliseconds."""
     values = dict(interval_seconds=0.05, max_failures=4, backoff=Backoff(20, 200),
-                  connect_timeout=2.0, read_timeout=5.0)
+                  connect_timeout=2.0, read_timeout=5.0, upload_retry_seconds=0.05)
     values.update(changes)
     return ExporterSettings(**values)
 

@@ -39,7 +39,8 @@ EXPORTER_SCRIPT = textwrap.dedent('''
         def open_file(self, record):
             return open(root / record.file_id.hex, "rb")
 
-    with ImportClient(url + "/import", user, password, chunk_size=64 * 1024) as client:
+    with ImportClient(url + "/import", user, password, chunk_size=64 * 1024,
+                      upload_retry_seconds=0.05) as client:
         client.describe()
         stats = BatchStats()
         results = BatchSender(client, Source(), concurrency=2).send(
@@ -142,7 +143,7 @@ def test_a_batch_completes_after_the_server_is_killed_and_restarted(settings, ap
     def replicate():
         try:
             with ImportClient(f"http://127.0.0.1:{proxy.port}/import", *exporter_auth,
-                              chunk_size=64 * 1024) as client:
+                              chunk_size=64 * 1024, upload_retry_seconds=0.05) as client:
                 client.describe()
                 outcome["results"] = BatchSender(client, dataset, concurrency=2).send(entities)
         except TargetError as error:
@@ -157,7 +158,8 @@ def test_a_batch_completes_after_the_server_is_killed_and_restarted(settings, ap
     assert 0 < assert_no_record_without_its_bytes(services, dataset) < len(dataset.events)
     server = GunicornProcess(config, port, workers=2)
     try:
-        with ImportClient(f"http://127.0.0.1:{proxy.port}/import", *exporter_auth) as client:
+        with ImportClient(f"http://127.0.0.1:{proxy.port}/import", *exporter_auth,
+                          upload_retry_seconds=0.05) as client:
             client.describe()
             stats = BatchStats()
             results = BatchSender(client, dataset).send(entities, stats=stats)
