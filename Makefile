@@ -35,8 +35,9 @@ run: install
 	$(BIN)/meteorpi db upgrade
 	$(BIN)/meteorpi serve $(SERVE_ARGS)
 
+# The ten slowest tests are listed at the end, to keep an eye on the suite's speed.
 test: install
-	$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_XDIST) --durations=10 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest $(PYTEST_XDIST) -m "not slow" -q $(PYTEST_ARGS)
