@@ -1,5 +1,6 @@
 """The receiver contract holds for both protocols: a receiver's decisions are asked for
-each record whichever protocol brings it, and the same records are stored or refused."""
+each record whichever protocol brings it, and the same records are stored or refused.
+The README's example receiver runs here as written."""
 from __future__ import annotations
 
 import logging
