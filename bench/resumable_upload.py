@@ -6,7 +6,7 @@ One file of random bytes (1 GiB, 256 MiB with --quick) is uploaded over loopback
 the exporter's own client, ``ResumableUploader`` (``meteorpi_server/exporter/resumable.py``),
 to ``meteorpi serve --workers 1`` (gunicorn, one ``gthread`` worker) with a fresh SQLite
 database and file store in a temporary directory. Client and server share the machine's
-two cores, so absolute rates vary from run to run (``shared/LIMITS.md``); the figures
+two cores, so absolute rates vary from run to run; the figures
 that matter are ratios to a baseline measured in the same run:
 
 throughput, x raw PUT
@@ -420,7 +420,7 @@ def measure_throughput(bench: Bench, meteorpi: Server, raw: Server, source: Path
             round_baselines.append(size / raw_put(bench, raw, source))
             progress(f"  {candidate.label}: {mb(round_rates[candidate.label])} MB/s; "
                      f"raw PUT {mb(round_baselines[-1])} MB/s")
-        # Writes of new data are bimodal (shared/LIMITS.md): a single neighbouring
+        # Writes of new data are bimodal on these VMs: a single neighbouring
         # baseline run can be off by 3x, the median of the round's runs is not.
         baseline = statistics.median(round_baselines)
         baselines += round_baselines

@@ -304,7 +304,7 @@ _SEARCH_OPTIONS = [
     click.option("--semantic-type", metavar="NS:TYPE",
                  help="Only files of this semantic type (--files)."),
     click.option("--search", "search_json", metavar="JSON",
-                 help="A whole search as JSON (as in PROTOCOL.md); the options above override "
+                 help="A whole search as JSON (as GET /events/<json> takes it); the options above override "
                       "its fields."),
 ]
 

@@ -1,4 +1,4 @@
-"""The /import handshake of PROTOCOL.md: requests, replies, and the entity cache.
+"""The /import handshake (docs/protocol.rst): requests, replies, and the entity cache.
 
 This module knows the protocol, not storage: it turns a request document into an
 :class:`ImportRequest`, hands it to a receiver (see :mod:`meteorpi_server.imports.receivers`), and

@@ -1,4 +1,4 @@
-"""The /import handshake, reply by reply, as PROTOCOL.md describes it."""
+"""The /import handshake, reply by reply, as docs/protocol.rst describes it."""
 from __future__ import annotations
 
 import uuid
