@@ -22,6 +22,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from meteorpi_model import ROLES
 
+from .config import default
 from .storage.db import Database
 from .storage.orm import UserRoleRow, UserRow
 from .storage.store import now_ms
@@ -54,7 +55,7 @@ class UserError(ValueError):
     """A user cannot be added or changed as asked; the message says why."""
 
 
-def _check_password(password: str) -> None:
+def _check_password(password: str, min_length: int) -> None:
     if not password:
         raise UserError("the password must not be empty")
     # scrypt's HMAC pads the password with NULs, so "pw" and "pw\0" would both match
@@ -65,6 +66,11 @@ def _check_password(password: str) -> None:
         password.encode("utf-8")
     except UnicodeEncodeError:
         raise UserError("the password must be valid text (UTF-8)") from None
+    # Exporters store their password in a file, so length costs nobody any typing, and
+    # a server on the internet sees guesses at every user name it has.
+    if len(password) < min_length:
+        raise UserError(f"the password is {len(password)} characters long; it must have at "
+                        f"least {min_length} (setting min_password_length)")
 
 
 @dataclass(frozen=True)
@@ -122,9 +128,14 @@ class VerificationCache:
 class Users:
     """The user directory in the database, and credential checks against it."""
 
-    def __init__(self, database: Database, cache: VerificationCache):
+    def __init__(self, database: Database, cache: VerificationCache,
+                 min_password_length: int | None = None):
         self.database = database
         self.cache = cache
+        # Checked when a password is set, never when one is tried: a stricter setting
+        # must not lock out users whose older passwords are shorter.
+        self.min_password_length = (default("min_password_length")
+                                    if min_password_length is None else min_password_length)
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user if ``password`` is theirs, else None."""
@@ -158,9 +169,11 @@ class Users:
         return roles
 
     def add(self, name: str, password: str, roles) -> User:
+        """Create user ``name``; UserError says why if the name, password (see
+        ``min_password_length``) or a role is unacceptable, or the name is taken."""
         if not name or len(name) > MAX_NAME_LENGTH or ":" in name or not name.isprintable():
             raise UserError("a user name is 1 to 255 printable characters without ':'")
-        _check_password(password)
+        _check_password(password, self.min_password_length)
         roles = self._check_roles(roles)
         with self.database.write() as session:
             if session.get(UserRow, name) is not None:
@@ -178,7 +191,8 @@ class Users:
         return row
 
     def set_password(self, name: str, password: str) -> None:
-        _check_password(password)
+        """Replace the password of user ``name``, checked as :meth:`add` checks it."""
+        _check_password(password, self.min_password_length)
         with self.database.write() as session:
             self._require(session, name).password_hash = generate_password_hash(password)
 

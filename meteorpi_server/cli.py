@@ -44,7 +44,7 @@ class Context:
         return database
 
     def users(self) -> Users:
-        return Users(self.database(), VerificationCache(0, 0))
+        return Users(self.database(), VerificationCache(0, 0), self.config.min_password_length)
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -128,15 +128,31 @@ def users() -> None:
 
 _role_option = click.option("--role", "roles", multiple=True, type=click.Choice(ROLES),
                             help="A role to grant; repeat for several.")
+_no_roles_option = click.option("--no-roles", is_flag=True,
+                                help="Grant no role at all (instead of --role).")
+
+
+def _chosen_roles(roles: tuple[str, ...], no_roles: bool) -> tuple[str, ...]:
+    """The roles asked for; a user without roles can do nothing, so that must be said
+    with --no-roles rather than follow from a forgotten --role."""
+    if roles and no_roles:
+        raise click.UsageError("--no-roles and --role exclude each other")
+    if not roles and not no_roles:
+        raise click.UsageError(f"give the user's roles with --role (one of {', '.join(ROLES)}; "
+                               "repeat for several), or --no-roles for none")
+    return roles
 
 
 @users.command("add")
 @click.argument("name")
 @_role_option
+@_no_roles_option
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @pass_context
-def users_add(context: Context, name: str, roles: tuple[str, ...], password_stdin: bool) -> None:
-    """Add a user."""
+def users_add(context: Context, name: str, roles: tuple[str, ...], no_roles: bool,
+              password_stdin: bool) -> None:
+    """Add a user with the roles given (--role, or --no-roles)."""
+    roles = _chosen_roles(roles, no_roles)
     user_directory = context.users()
     user = user_directory.add(name, _read_password(password_stdin), roles)
     click.echo(f"added user {user.name} with roles: {', '.join(sorted(user.roles)) or 'none'}")
@@ -172,9 +188,11 @@ def users_passwd(context: Context, name: str, password_stdin: bool) -> None:
 @users.command("roles")
 @click.argument("name")
 @_role_option
+@_no_roles_option
 @pass_context
-def users_roles(context: Context, name: str, roles: tuple[str, ...]) -> None:
-    """Replace a user's roles with those given."""
+def users_roles(context: Context, name: str, roles: tuple[str, ...], no_roles: bool) -> None:
+    """Replace a user's roles with those given (--role, or --no-roles to remove them all)."""
+    roles = _chosen_roles(roles, no_roles)
     context.users().set_roles(name, roles)
     click.echo(f"{name} now has roles: {', '.join(sorted(roles)) or 'none'}")
 

@@ -186,6 +186,9 @@ SETTINGS: tuple[Setting, ...] = (
             _non_negative_int),
     Setting("auth_cache_seconds", 300,
             "How long a remembered password check stays valid.", _positive_int),
+    Setting("min_password_length", 12,
+            "Shortest password `meteorpi users add` and `users passwd` accept (existing "
+            "passwords keep working).", _positive_int),
     Setting("export_interval_seconds", 60.0,
             "How often `meteorpi export run` looks for new records to export.",
             _positive_seconds),
@@ -273,6 +276,7 @@ class Config:
     auth_cache_seconds: int
     export_interval_seconds: float
     export_max_failures: int
+    min_password_length: int
     export_backoff_seconds: float
     export_backoff_max_seconds: float
     export_connect_timeout_seconds: float

@@ -79,7 +79,8 @@ class Services:
     def build(cls, config: Config) -> Services:
         database = Database(config.database_url)
         files = FileStore(config.file_store)
-        users = Users(database, VerificationCache(config.auth_cache_size, config.auth_cache_seconds))
+        users = Users(database, VerificationCache(config.auth_cache_size, config.auth_cache_seconds),
+                      config.min_password_length)
         receiver = load_receiver_class(config.receiver)(ReceiverContext(config, database, files))
         importer = Importer(receiver, EntityCache(config.import_cache_size))
         uploads = ResumableUploads(files, receiver, config.max_chunk_bytes, config.max_upload_bytes)

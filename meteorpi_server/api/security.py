@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+from flask import g
 from flask_httpauth import HTTPBasicAuth
 
 from ..auth import User
@@ -34,13 +35,35 @@ def _auth_error(status: int):
     if status == 401:
         return error_response(401, "unauthorized",
                               "send HTTP Basic credentials of a user of this server")
+    # flask-httpauth tells its error handler only the status, so the role is taken from
+    # where _needing(role) left it for this request.
+    role = g.get(_REQUIRED_ROLE)
+    if role is None:
+        return error_response(status, "forbidden", "this user lacks the role this route needs")
     return error_response(status, "forbidden",
-                          "this user lacks the role this route needs")
+                          f"this route needs the role '{role}', which this user does not have",
+                          role=role)
+
+
+_REQUIRED_ROLE = "meteorpi_required_role"
+
+
+def _needing(role: str, view):
+    """``view`` behind login_required(role), noting the role for the 403's message."""
+    protected = basic_auth.login_required(role=role)(view)
+
+    @functools.wraps(view)
+    def checked(*args, **kwargs):
+        setattr(g, _REQUIRED_ROLE, role)
+        return protected(*args, **kwargs)
+
+    return checked
 
 
 def requires_role(role: str):
-    """Decorate a view so that only authenticated users with ``role`` reach it."""
-    return basic_auth.login_required(role=role)
+    """Decorate a view so that only authenticated users with ``role`` reach it; others
+    get a 403 that names the role."""
+    return functools.partial(_needing, role)
 
 
 def requires_read_access():
@@ -50,7 +73,7 @@ def requires_read_access():
     The setting is read on each request, from the app serving it.
     """
     def decorate(view):
-        protected = basic_auth.login_required(role="user")(view)
+        protected = _needing("user", view)
 
         @functools.wraps(view)
         def checked(*args, **kwargs):

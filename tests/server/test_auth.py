@@ -122,6 +122,26 @@ def test_the_import_role_is_needed_to_import(client, make_user):
     assert client.post("/import", json={}, auth=viewer).status_code == 403
 
 
+@pytest.mark.parametrize("method, path, role", [
+    ("POST", "/import", "import"),
+    ("GET", "/cameras", "user"),
+])
+def test_a_403_names_the_role_the_route_needs(client, make_user, method, path, role):
+    others = [other for other in ("user", "camera_admin", "import") if other != role]
+    response = client.open(path, method=method, json={}, auth=make_user("someone", *others))
+    assert response.status_code == 403
+    assert response.json["role"] == role
+    assert f"needs the role '{role}'" in response.json["message"]
+
+
+def test_a_password_shorter_than_the_minimum_is_refused(services, exporter_auth):
+    with pytest.raises(UserError, match="at least 12"):
+        services.users.add("short", "elevenchars", ["import"])
+    with pytest.raises(UserError, match="at least 12"):
+        services.users.set_password("node1", "elevenchars")
+    services.users.add("long", "twelve chars", ["import"])
+
+
 class CountingChecks:
     def __init__(self, monkeypatch):
         self.calls = 0

@@ -45,22 +45,31 @@ def test_commands_on_a_database_without_schema_say_to_upgrade(tmp_path):
 
 def test_users_can_be_added_listed_changed_and_removed(config_file):
     added = meteorpi(config_file, "users", "add", "node7", "--role", "import", "--role", "user",
-                     "--password-stdin", input="s3cret\n")
+                     "--password-stdin", input="a long s3cret\n")
     assert added.exit_code == 0, added.output
     assert meteorpi(config_file, "users", "list").output == "node7\timport,user\n"
     assert meteorpi(config_file, "users", "roles", "node7", "--role", "camera_admin").exit_code == 0
     assert meteorpi(config_file, "users", "list").output == "node7\tcamera_admin\n"
-    assert meteorpi(config_file, "users", "passwd", "node7", "--password-stdin", input="new\n").exit_code == 0
+    assert meteorpi(config_file, "users", "passwd", "node7", "--password-stdin",
+                    input="a new long password\n").exit_code == 0
     assert meteorpi(config_file, "users", "remove", "node7").exit_code == 0
     assert meteorpi(config_file, "users", "list").output == ""
 
 
 @pytest.mark.parametrize("args, stdin, exit_code, message", [
     (["users", "add", "x", "--role", "superuser", "--password-stdin"], "pw\n", 2, "superuser"),
-    (["users", "add", "x", "--password-stdin"], "\n", 2, "no password on standard input"),
-    (["users", "add", "x"], "", 2, "--password-stdin"),
+    (["users", "add", "x", "--role", "user", "--password-stdin"], "\n", 2,
+     "no password on standard input"),
+    (["users", "add", "x", "--role", "user"], "", 2, "--password-stdin"),
     (["users", "remove", "ghost"], None, 1, "no user named ghost"),
-    (["users", "add", "a:b", "--password-stdin"], "pw\n", 1, "without ':'"),
+    (["users", "add", "a:b", "--role", "user", "--password-stdin"], "a long password\n", 1,
+     "without ':'"),
+    (["users", "add", "x", "--role", "user", "--password-stdin"], "short pw\n", 1,
+     "the password is 8 characters long; it must have at least 12 (setting min_password_length)"),
+    (["users", "add", "x", "--password-stdin"], "a long password\n", 2,
+     "give the user's roles with --role"),
+    (["users", "add", "x", "--role", "user", "--no-roles", "--password-stdin"],
+     "a long password\n", 2, "--no-roles and --role exclude each other"),
 ])
 def test_user_commands_explain_their_errors(config_file, args, stdin, exit_code, message):
     result = meteorpi(config_file, *args, input=stdin)
@@ -68,9 +77,46 @@ def test_user_commands_explain_their_errors(config_file, args, stdin, exit_code,
     assert message in result.output
 
 
+def test_users_roles_without_a_role_is_refused_and_keeps_the_roles(config_file):
+    meteorpi(config_file, "users", "add", "node7", "--role", "import", "--password-stdin",
+             input="a long password\n")
+    refused = meteorpi(config_file, "users", "roles", "node7")
+    assert refused.exit_code == 2 and "--no-roles for none" in refused.output
+    assert meteorpi(config_file, "users", "list").output == "node7\timport\n"
+    stripped = meteorpi(config_file, "users", "roles", "node7", "--no-roles")
+    assert stripped.exit_code == 0 and "node7 now has roles: none" in stripped.output
+    assert meteorpi(config_file, "users", "list").output == "node7\t\n"
+
+
+def test_a_user_without_roles_is_added_only_when_asked_for(config_file):
+    added = meteorpi(config_file, "users", "add", "idle", "--no-roles", "--password-stdin",
+                     input="a long password\n")
+    assert added.exit_code == 0 and "with roles: none" in added.output
+    assert meteorpi(config_file, "users", "list").output == "idle\t\n"
+
+
+def test_a_short_new_password_is_refused_with_the_reason(config_file):
+    meteorpi(config_file, "users", "add", "node7", "--role", "import", "--password-stdin",
+             input="a long password\n")
+    result = meteorpi(config_file, "users", "passwd", "node7", "--password-stdin",
+                      input="short\n")
+    assert result.exit_code == 1
+    assert "it must have at least 12 (setting min_password_length)" in result.output
+
+
+def test_the_minimum_password_length_is_a_setting(tmp_path, database_url):
+    path = tmp_path / "lenient.yaml"
+    path.write_text(yaml.safe_dump({"database_url": database_url, "min_password_length": 4}))
+    result = meteorpi(path, "users", "add", "x", "--role", "user", "--password-stdin",
+                      input="four\n")
+    assert result.exit_code == 0, result.output
+
+
 def test_adding_an_existing_user_is_refused(config_file):
-    meteorpi(config_file, "users", "add", "x", "--password-stdin", input="pw\n")
-    result = meteorpi(config_file, "users", "add", "x", "--password-stdin", input="pw\n")
+    meteorpi(config_file, "users", "add", "x", "--role", "user", "--password-stdin",
+             input="a long password\n")
+    result = meteorpi(config_file, "users", "add", "x", "--role", "user", "--password-stdin",
+                      input="a long password\n")
     assert result.exit_code == 1 and "already exists" in result.output
 
 
