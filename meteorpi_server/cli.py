@@ -11,7 +11,7 @@ from meteorpi_model import ROLES
 
 from .auth import UserError, Users, VerificationCache
 from .config import Config, ConfigError, load_config
-from .storage.db import Database, SchemaError
+from .storage.db import Database, NoDatabase, SchemaError
 from .storage.files import FileStore
 
 FIRST_USER = "admin"
@@ -28,9 +28,20 @@ class Context:
             self._config = load_config(self.config_path)
         return self._config
 
-    def database(self, check_schema: bool = True) -> Database:
+    def database(self, check_schema: bool = True, create: bool | None = None) -> Database:
+        """The configured database. Only commands that build the schema themselves
+        (``check_schema=False``: db upgrade, restore) may create an SQLite file; any other
+        finding none fails, so that running from the wrong directory makes no second,
+        empty database."""
+        if create is None:
+            create = not check_schema
         try:
-            database = Database(self.config.database_url)
+            database = Database(self.config.database_url, create=create)
+        except NoDatabase as error:
+            raise ConfigError(f"no database at {error.path} (database_url from "
+                              f"{self._settings_source()}). Point at yours with --config FILE "
+                              "or METEORPI_CONFIG; to create a new one there, run "
+                              "'meteorpi db upgrade' (with the same --config)") from None
         except ImportError as error:  # the URL's driver (DBAPI module) is not installed
             raise ConfigError(f"database_url needs a driver that is not installed "
                               f"({error.name or error}); install it, or for PostgreSQL "
@@ -42,6 +53,15 @@ class Context:
         if check_schema:
             database.check_schema()
         return database
+
+    def _settings_source(self) -> str:
+        import os
+
+        if "METEORPI_DATABASE_URL" in os.environ:
+            return "METEORPI_DATABASE_URL"
+        if self.config_path:
+            return self.config_path
+        return "the embedded default: neither --config nor METEORPI_CONFIG was given"
 
     def users(self) -> Users:
         return Users(self.database(), VerificationCache(0, 0), self.config.min_password_length)
@@ -89,10 +109,14 @@ def _unreachable(context: Context | None, error: Exception) -> str:
         return f"{where} failed: {reason}"
     if url is not None and url.get_backend_name() == "sqlite":
         check = "that its file's folder exists and is writable"
+    elif "does not exist" in reason:  # PostgreSQL: a database that was never created
+        return (f"could not reach {where}: {reason}. Point at yours with --config FILE or "
+                "METEORPI_CONFIG (or METEORPI_DATABASE_URL); to start a new one, create it "
+                "(createdb) and run 'meteorpi db upgrade'.")
     else:
         check = "that the database server is running and reachable from here, the user and password"
     return (f"could not reach {where}: {reason}. Check {check}, and the database_url "
-            "setting (configuration file or METEORPI_DATABASE_URL).")
+            "setting (--config FILE, METEORPI_CONFIG or METEORPI_DATABASE_URL).")
 
 
 @click.group(cls=_Group)

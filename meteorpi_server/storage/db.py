@@ -20,6 +20,14 @@ class SchemaError(RuntimeError):
     """The database schema is missing or out of date."""
 
 
+class NoDatabase(SchemaError):
+    """The SQLite database file does not exist, and was not to be created."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(f"no database file at {path}")
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):
@@ -45,11 +53,17 @@ def _configure_sqlite(engine: Engine) -> None:
 class Database:
     """An engine and two kinds of session: read, and write (one transaction each)."""
 
-    def __init__(self, url: str, echo: bool = False):
+    def __init__(self, url: str, echo: bool = False, create: bool = True):
+        """``create=False`` raises NoDatabase, creating nothing, where an SQLite file
+        is missing: SQLite would otherwise make an empty database (and we its folder)
+        wherever a relative path happens to point from the current directory."""
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite and self.url.database and self.url.database != ":memory:":
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(self.url.database)
+            if not create and not path.exists():
+                raise NoDatabase(path.absolute())
+            path.parent.mkdir(parents=True, exist_ok=True)
         options = {"echo": echo}
         if not self.is_sqlite:
             options.update(pool_pre_ping=True, pool_size=5, max_overflow=10)

@@ -36,6 +36,7 @@ def test_db_upgrade_creates_the_schema_then_has_nothing_to_do(tmp_path):
 
 
 def test_commands_on_a_database_without_schema_say_to_upgrade(tmp_path):
+    (tmp_path / "fresh.db").touch()  # an empty file is an SQLite database without tables
     path = tmp_path / "fresh.yaml"
     path.write_text(yaml.safe_dump({"database_url": f"sqlite:///{tmp_path}/fresh.db"}))
     result = meteorpi(path, "users", "list")
@@ -154,18 +155,75 @@ def test_an_unusable_database_is_one_clear_line_not_a_traceback(tmp_path, url, m
     assert "hunter2" not in result.stderr
 
 
-@pytest.mark.parametrize("where, message", [
-    ("a-folder", "could not reach the database sqlite:///"),  # a folder is no database file
-    ("a-file/db.sqlite", "database_url: cannot create the folder for"),
+@pytest.mark.parametrize("where, command, message", [
+    # A folder is no database file.
+    ("a-folder", ["users", "list"], "could not reach the database sqlite:///"),
+    ("a-file/db.sqlite", ["db", "upgrade"], "database_url: cannot create the folder for"),
+    ("a-file/db.sqlite", ["users", "list"], "no database at "),
 ])
-def test_a_sqlite_file_that_cannot_be_opened_says_what_to_check(tmp_path, where, message):
+def test_a_sqlite_file_that_cannot_be_opened_says_what_to_check(tmp_path, where, command,
+                                                                 message):
     tmp_path.joinpath("a-folder").mkdir()
     tmp_path.joinpath("a-file").write_text("not a folder")
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({"database_url": f"sqlite:///{tmp_path}/{where}"}))
-    result = CliRunner().invoke(main, ["--config", str(path), "users", "list"])
+    result = CliRunner().invoke(main, ["--config", str(path), *command])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert result.output.startswith(f"Error: {message}")
+
+
+def _meteorpi_environment() -> dict:
+    """The environment without any METEORPI_ setting, as on a fresh shell."""
+    import os
+
+    return {name: value for name, value in os.environ.items()
+            if not name.startswith("METEORPI_")}
+
+
+@pytest.mark.parametrize("command", [["users", "list"], ["export", "status"], ["files", "gc"],
+                                     ["serve"]],
+                         ids=["users-list", "export-status", "files-gc", "serve"])
+def test_a_command_in_a_directory_without_a_database_creates_nothing_and_says_where_it_looked(
+        tmp_path, command):
+    from conftest import free_port
+
+    if command == ["serve"]:
+        command = ["serve", "--port", str(free_port())]
+    result = subprocess.run([sys.executable, "-m", "meteorpi_server", *command], cwd=tmp_path,
+                            env=_meteorpi_environment(), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert list(tmp_path.iterdir()) == []
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"no database at {tmp_path / 'var' / 'meteorpi.db'}" in result.stderr
+    assert "--config FILE or METEORPI_CONFIG" in result.stderr
+    assert "serving on" not in result.stdout
+
+
+def test_a_configured_sqlite_file_that_is_missing_is_named_and_not_created(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"database_url": f"sqlite:///{tmp_path}/gone/meteorpi.db"}))
+    result = meteorpi(path, "users", "list")
+    assert result.exit_code == 1
+    assert f"no database at {tmp_path}/gone/meteorpi.db (database_url from {path})" \
+        in result.output
+    assert not (tmp_path / "gone").exists()
+
+
+def test_a_missing_postgresql_database_is_one_line_saying_how_to_point_at_another(
+        postgres_database):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_database).set(database="meteorpi_never_created")
+    result = subprocess.run(
+        [sys.executable, "-m", "meteorpi_server", "users", "list"],
+        env={**_meteorpi_environment(),
+             "METEORPI_DATABASE_URL": url.render_as_string(hide_password=False)},
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert 'database "meteorpi_never_created" does not exist' in result.stderr
+    assert "--config FILE or METEORPI_CONFIG" in result.stderr
 
 
 def test_an_unreachable_database_mid_command_is_one_line(config_file, monkeypatch):
