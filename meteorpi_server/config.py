@@ -193,8 +193,10 @@ SETTINGS: tuple[Setting, ...] = (
             "How often `meteorpi export run` looks for new records to export.",
             _positive_seconds),
     Setting("export_max_failures", 4,
-            "Failures in a row after which an export configuration is disabled "
-            "(0: never disable).", _non_negative_int),
+            "Failures in a row after which an export configuration is disabled, if the "
+            "last needs a person (401, 403, a wrong URL, an untrusted certificate; failures "
+            "that heal by themselves never disable it), and refusals after which one entity "
+            "is given up on (0: never).", _non_negative_int),
     Setting("export_backoff_seconds", 1800.0,
             "Wait after a target's first failure; it doubles with each failure in a row.",
             _positive_seconds),

@@ -263,7 +263,8 @@ class BatchSender:
         if response.status_code == 413:
             raise _TooLarge(f"batch {operation} answered 413: {response.text[:300]}")
         if response.status_code != 200:
-            raise TargetError(f"batch {operation} answered {response.status_code}: {response.text[:300]}")
+            raise TargetError(f"batch {operation} answered {response.status_code}: {response.text[:300]}",
+                              response.status_code)
         try:
             reply = response.json()
         except ValueError:
@@ -457,7 +458,8 @@ class BatchSender:
         finally:
             stats.add_requests(1)
         if response.status_code != 200:
-            raise TargetError(f"batch files answered {response.status_code}: {response.text[:300]}")
+            raise TargetError(f"batch files answered {response.status_code}: {response.text[:300]}",
+                              response.status_code)
         try:
             results = response.json()["results"]
         except (ValueError, KeyError, TypeError):

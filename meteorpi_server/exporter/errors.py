@@ -22,11 +22,27 @@ class ExportError(Exception):
 
 
 class TargetError(ExportError):
-    """The target could not be reached or did not answer usefully; try it again later."""
+    """The target could not be reached or did not answer usefully.
+
+    ``status_code`` is the HTTP status of the target's answer, if it answered; it tells a
+    failure that heals (5xx, no answer) from one a person must fix (401, 403, 404, 405;
+    see :func:`~meteorpi_server.exporter.target_errors.needs_a_person`).
+    """
+
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class UploadFailed(ExportError):
-    """The upload cannot go on now: the target could not be reached or kept failing."""
+    """The upload cannot go on now: the target could not be reached or kept failing.
+
+    ``status_code``: as :class:`TargetError`'s, when the target's answer ended the upload.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class UploadRefused(UploadFailed):

@@ -147,7 +147,8 @@ class ImportClient:
             self.capabilities, self._resumable = None, None
             return None
         if response.status_code != 200:
-            raise TargetError(f"{self.import_url} answered {response.status_code}: {_describe(response)}")
+            raise TargetError(f"{self.import_url} answered {response.status_code}: {_describe(response)}",
+                              response.status_code)
         self.capabilities = _reply(response)
         resumable = ((self.capabilities or {}).get("uploads") or {}).get("resumable")
         if isinstance(resumable, dict) and resumable.get("version") == 1:
@@ -202,7 +203,8 @@ class ImportClient:
         except requests.RequestException as error:
             raise TargetError(f"{url}: {error}") from error
         if response.status_code in (401, 403) or response.status_code >= 500:
-            raise TargetError(f"{url} answered {response.status_code}: {_describe(response)}")
+            raise TargetError(f"{url} answered {response.status_code}: {_describe(response)}",
+                              response.status_code)
         return response
 
     def send(self, document: dict) -> requests.Response:

@@ -185,7 +185,7 @@ class ResumableUploader:
             return self._offset(url)
         if status in TARGET_STATUS_CODES:
             raise UploadFailed(f"{url} answered {status}: "
-                               f"{reply.get('message', response.text[:200])}")
+                               f"{reply.get('message', response.text[:200])}", status)
         raise UploadRefused(f"{url} answered {status}: {reply.get('message', response.text[:200])}")
 
     def _send(self, url: str, offset: int, size: int, chunk: bytes) -> requests.Response:
@@ -210,7 +210,7 @@ class ResumableUploader:
                 message = f"{response.status_code} asking for the offset"
                 if response.status_code in TARGET_STATUS_CODES:  # worded for the runner's advice
                     raise UploadFailed(f"{url} answered {response.status_code} asking for the "
-                                       f"offset: {response.text[:200]}")
+                                       f"offset: {response.text[:200]}", response.status_code)
                 if response.status_code < 500:
                     raise UploadRefused(f"{url}: {message}: {response.text[:200]}")
             except (requests.RequestException, KeyError, ValueError) as error:

@@ -5,8 +5,11 @@ matches as tasks, then send due tasks in batches with the handshake driver until
 left. What can go wrong is sorted in two:
 
 * the **target** fails (cannot be reached, times out, answers 5xx, 401/403, 404, or
-  anything outside the protocol): the pass stops, the configuration waits (a back-off
-  that doubles with each failure in a row, up to a cap) and is disabled after
+  anything outside the protocol): the pass stops and the configuration waits (a back-off
+  that doubles with each failure in a row, up to a cap). A failure that heals by itself
+  (no connection, a time-out, 5xx, a reply outside the protocol) is tried again for
+  ever; one that needs a person (401, 403, 404/405, an untrusted TLS certificate: see
+  ``target_errors.needs_a_person``) disables the configuration once it makes
   ``export_max_failures`` failures in a row, with the reason. No task is charged: a
   target that is down for a week costs nothing but waiting.
 * the target refuses **one entity** (answers ``failed``, or 400/409/413/415/422 for it,
@@ -52,7 +55,11 @@ from .lease import LeaseKeeper, StopSignal
 from .marking import mark
 from .progress import Batch, Reporter
 from .source import StoreSource, entity_bytes, pending_bytes
-from .target_errors import describe_target_error
+from .target_errors import (
+    NEEDS_A_PERSON_STATUS_CODES,
+    describe_target_error,
+    needs_a_person,
+)
 
 log = logging.getLogger("meteorpi.exporter")
 
@@ -294,6 +301,8 @@ class Exporter:
             pass
         except Exception as error:  # a bug or a local fault must not kill the exporter
             log.exception("export %s: unexpected error", row.name)
+            # Not the target's fault, and perhaps passing (a database restarting): it
+            # backs off like a failure that heals, and never disables the configuration.
             with contextlib.suppress(Exception):  # the database may be what failed
                 self._target_failed(row, summary, f"unexpected error on this node: "
                                                   f"{type(error).__name__}: {error}")
@@ -307,7 +316,7 @@ class Exporter:
         try:
             document = client.describe()
         except TargetError as error:
-            self._target_failed(row, summary, describe_target_error(error))
+            self._target_failed(row, summary, describe_target_error(error), needs_a_person(error))
             return
         target_id = _server_id_of(document)
         if target_id is not None and target_id == self.server_id:
@@ -395,7 +404,7 @@ class Exporter:
         except TargetError as error:
             if stop.is_set():  # cut short by a stop request, not the target's fault
                 raise _Stopped from error
-            self._target_failed(row, summary, describe_target_error(error))
+            self._target_failed(row, summary, describe_target_error(error), needs_a_person(error))
             return False
         _count_uploads(result.files_uploaded, result.bytes_uploaded, summary, batch)
         return self._record(row, task, entity, result, summary, batch)
@@ -415,7 +424,7 @@ class Exporter:
         except TargetError as error:
             if stop.is_set():
                 raise _Stopped from error
-            self._target_failed(row, summary, describe_target_error(error))
+            self._target_failed(row, summary, describe_target_error(error), needs_a_person(error))
             return False
         _count_uploads(stats.files_uploaded, stats.bytes_uploaded, summary, batch)
         # After a stop some entities have no result: they were not sent, and stay pending
@@ -448,7 +457,8 @@ class Exporter:
             return True
         reason = _reason(task, result)
         if _is_target_problem(result):
-            self._target_failed(row, summary, reason)
+            self._target_failed(row, summary, reason,
+                                result.status_code in NEEDS_A_PERSON_STATUS_CODES)
             return False
         with self.database.write() as session:
             state = tasks.refuse(session, task, reason, self.settings.backoff,
@@ -461,11 +471,15 @@ class Exporter:
         self.reporter.entity_done(row.name, False, size)
         return True
 
-    def _target_failed(self, row: ExportConfigRow, summary: TargetSummary, reason: str) -> None:
+    def _target_failed(self, row: ExportConfigRow, summary: TargetSummary, reason: str,
+                       needs_a_person: bool = False) -> None:
+        """Note a failure of the target (or of this node during a pass): back off, and
+        disable the configuration only if ``needs_a_person`` (see tasks.note_target_failure)."""
         reason = _with_advice(reason)
         with self.database.write() as session:
             failures, disabled = tasks.note_target_failure(
-                session, row.config_id, reason, self.settings.backoff, self.settings.max_failures)
+                session, row.config_id, reason, self.settings.backoff, self.settings.max_failures,
+                needs_a_person)
         summary.target_failures += 1
         summary.last_error = reason
         summary.disabled = summary.disabled or disabled

@@ -1,13 +1,19 @@
-"""What went wrong with a target, in a line a person can act on.
+"""What went wrong with a target, in a line a person can act on, and whether a person must.
 
 requests and urllib3 report a refused connection, an unknown host or a time-out as
 nested exception texts; an operator reading ``export status`` wants "cannot connect to
 HOST:PORT: connection refused; is the target server running?".
+
+Most target failures heal by themselves (the target is down, restarting, overloaded, or
+a proxy in front of it says so with 502/503/504): the exporter backs off and tries again
+for ever. A few answers say the configuration itself is wrong, and waiting will not
+change them: :func:`needs_a_person` tells them apart.
 """
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from http.client import RemoteDisconnected
 from urllib.parse import urlsplit
 
@@ -17,6 +23,23 @@ from urllib3.exceptions import NameResolutionError, ProtocolError, ReadTimeoutEr
 from .errors import TargetError
 
 log = logging.getLogger("meteorpi.exporter")
+
+
+#: Answers no wait will change: wrong credentials (401), a user without the import role
+#: (403), a URL that is not an import endpoint (404, 405).
+NEEDS_A_PERSON_STATUS_CODES = frozenset({401, 403, 404, 405})
+
+
+def needs_a_person(error: BaseException) -> bool:
+    """Whether the target failed in a way only a person can fix: it answered 401, 403,
+    404 or 405, or its TLS certificate does not verify. Anything else (no connection, a
+    time-out, 5xx, a reply outside the protocol) may heal by itself."""
+    for link in _exception_chain(error):
+        if getattr(link, "status_code", None) in NEEDS_A_PERSON_STATUS_CODES:
+            return True
+        if isinstance(link, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(link):
+            return True
+    return False
 
 
 def describe_target_error(error: TargetError) -> str:

@@ -124,9 +124,17 @@ def note_target_success(session: Session, config_id: uuid.UUID, now: int | None 
 
 
 def note_target_failure(session: Session, config_id: uuid.UUID, reason: str, backoff: Backoff,
-                        max_failures: int, now: int | None = None) -> tuple[int, bool]:
-    """Count a failure of the target and defer its configuration; disable it after
-    ``max_failures`` in a row (0: never). Returns (failures in a row, disabled now)."""
+                        max_failures: int, needs_a_person: bool = False,
+                        now: int | None = None) -> tuple[int, bool]:
+    """Count a failure of the target and defer its configuration. Returns (failures in a
+    row, disabled now).
+
+    A failure that heals by itself (the target is down, slow, answers 5xx) never disables
+    the configuration: it waits, up to the back-off's cap, and is tried again for ever, so
+    an outage of any length ends with the node catching up by itself. One that
+    ``needs_a_person`` (wrong credentials, a wrong URL, an untrusted certificate) disables
+    it once it makes ``max_failures`` failures in a row (0: never), with the reason.
+    """
     now = now_ms() if now is None else now
     row = session.get(ExportConfigRow, config_id, with_for_update=True)
     if row is None:  # removed meanwhile
@@ -135,7 +143,8 @@ def note_target_failure(session: Session, config_id: uuid.UUID, reason: str, bac
     row.last_error = clip(reason)
     row.last_error_at = now
     row.next_attempt_at = now + backoff.delay_ms(row.consecutive_failures)
-    disabled = bool(max_failures) and row.consecutive_failures >= max_failures and row.enabled
+    disabled = (needs_a_person and bool(max_failures)
+                and row.consecutive_failures >= max_failures and row.enabled)
     if disabled:
         row.enabled = False
         row.disabled_reason = clip(f"disabled after {row.consecutive_failures} failures in a row; "

@@ -305,12 +305,29 @@ def test_a_target_that_is_down_says_what_to_do_and_fails_every_run_until_fixed(
     assert "skipped: backing off" in waiting.output
     assert f"central is backing off after 1 failure(s) in a row (last error: {down})" in waiting.output
 
-    # retry ends the wait; the second failure in a row disables the configuration.
+    # retry ends the wait; a target that is down is waited for, however often it fails.
+    for failures in (2, 3):
+        assert meteorpi(node_config, "export", "retry", "central").exit_code == 0
+        again = run_once(node_config)
+        assert again.exit_code == 1, again.output
+        assert f"central is backing off after {failures} failure(s) in a row" in again.output
+        assert "disabled" not in again.output
+
+
+def test_a_target_refusing_the_credentials_is_disabled_with_what_to_do(node_config, services,
+                                                                        live_server):
+    assert add(node_config, "central", "--events",
+               target=f"{live_server}/import").exit_code == 0
+    first = run_once(node_config)
+    assert first.exit_code == 1, first.output
+    assert "central is backing off after 1 failure(s) in a row" in first.output
     assert meteorpi(node_config, "export", "retry", "central").exit_code == 0
     disabled = run_once(node_config)
     assert disabled.exit_code == 1, disabled.output
-    assert ("central is disabled (disabled after 2 failures in a row; the last: " + down
-            + "); once that is fixed: meteorpi export enable central") in disabled.output
+    assert "central is disabled (disabled after 2 failures in a row; the last: " in disabled.output
+    assert "answered 401" in disabled.output
+    assert "check the configuration's user and password" in disabled.output
+    assert "once that is fixed: meteorpi export enable central" in disabled.output
 
     after = run_once(node_config)
     assert after.exit_code == 1, after.output

@@ -67,9 +67,29 @@ def test_a_failing_target_defers_its_configuration_and_says_why(source, faulty_t
     assert target.requests == requests_so_far
 
 
-def test_failures_in_a_row_disable_the_configuration_with_the_reason(source, faulty_target):
-    target = faulty_target("error")
+@pytest.mark.parametrize("mode", ["error", "close", "garbage"])
+def test_a_target_that_keeps_failing_in_ways_that_heal_is_never_disabled(source, faulty_target, mode):
+    target = faulty_target(mode)
     add_export(source, target.import_url)
+    exporter = source.exporter(max_failures=3, backoff=Backoff(1, 1))
+    for _ in range(6):
+        with source.services.database.write() as session:
+            configs.get_row(session, "central").next_attempt_at = 0
+        assert not exporter.run_once().targets["central"].disabled
+    status = status_of(source)
+    assert status.view.configuration.enabled
+    assert status.view.consecutive_failures == 6
+    assert status.view.disabled_reason is None
+
+
+def test_wrong_credentials_disable_the_configuration_with_the_reason_in_export_status(
+        source, make_node):
+    from meteorpi_server.exporter import report
+
+    target = make_node("central", 0).serve()
+    add_export(source, target.import_url)
+    with source.services.database.write() as session:
+        configs.update(session, "central", {"password": "not the password"})
     exporter = source.exporter(max_failures=3, backoff=Backoff(1, 1))
     for _ in range(3):
         with source.services.database.write() as session:
@@ -78,8 +98,37 @@ def test_failures_in_a_row_disable_the_configuration_with_the_reason(source, fau
     status = status_of(source)
     assert status.view.state() == "disabled"
     assert "after 3 failures in a row" in status.view.disabled_reason
-    assert "answered 500" in status.view.disabled_reason
+    assert "answered 401" in status.view.disabled_reason
+    with source.services.database.read() as session:
+        shown = report.format_status(report.gather(session))
+    assert "answered 401" in shown and "check the configuration's user and password" in shown
+    assert PASSWORD not in shown
     assert source.exporter().run_once().targets == {}
+
+
+def test_a_target_down_for_longer_than_four_back_offs_is_caught_up_with_once_it_returns(
+        source, make_node):
+    target = make_node("central", 0).serve()
+    target.stop_serving()  # down from the start, on a port it will come back on
+    add_export(source, target.import_url)
+    exporter = source.exporter(max_failures=4, backoff=Backoff(20, 100))
+    stop = threading.Event()
+    runner = threading.Thread(target=exporter.run_forever, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: status_of(source).view.consecutive_failures >= 8, 60,
+                   "eight failures in a row (twice export_max_failures)")
+        assert status_of(source).view.configuration.enabled, "an outage must not disable it"
+        target.serve()
+        events = len(record_ids(source)["events"])
+        wait_until(lambda: status_of(source).done == events, 60, "the node to catch up")
+    finally:
+        stop.set()
+        runner.join(30)
+    status = status_of(source)
+    assert (status.pending, status.failed) == (0, 0)
+    assert status.view.consecutive_failures == 0
+    assert_same_records_for_events(source, target)
 
 
 def test_a_success_resets_the_failure_count(source, make_node):
@@ -348,23 +397,23 @@ def test_a_hiccup_on_get_import_keeps_the_targets_server_id(source, make_node):
     assert view.target_checked_at is not None
 
 
-def test_a_target_that_answers_who_it_is_but_fails_every_import_is_still_disabled(source, make_node):
-    def failing_imports(app):
+def test_a_target_that_answers_who_it_is_but_forbids_every_import_is_still_disabled(source, make_node):
+    def forbidding_imports(app):
         def wsgi(environ, start_response):
             if environ["REQUEST_METHOD"] == "POST":
-                return Response('{"error": "internal_error"}', 500,
+                return Response('{"error": "forbidden"}', 403,
                                 content_type="application/json")(environ, start_response)
             return app(environ, start_response)
         return wsgi
 
-    target = make_node("central", 0).serve(failing_imports)
+    target = make_node("central", 0).serve(forbidding_imports)
     add_export(source, target.import_url)
     exporter = source.exporter(max_failures=3, backoff=Backoff(0, 0))
     for _ in range(3):
         exporter.run_once()
     status = status_of(source)
     assert not status.view.configuration.enabled, "GET /import answering must not mask the failures"
-    assert "500" in status.view.disabled_reason
+    assert "403" in status.view.disabled_reason
 
 
 # Targets that fail part-way through (the legacy handshake) ---------------------------------

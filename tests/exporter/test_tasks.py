@@ -160,7 +160,7 @@ def test_complete_marks_the_task_done_and_resets_the_target(node):
         assert tasks.counts_by_state(session)[config_id][tasks.DONE] == 1
 
 
-def test_target_failures_back_off_doubling_to_a_cap_then_disable(node):
+def test_target_failures_that_need_a_person_back_off_doubling_to_a_cap_then_disable(node):
     config_id = add_config(node)
     backoff = Backoff(1000, 5000)
     assert [backoff.delay_ms(n) for n in range(1, 6)] == [1000, 2000, 4000, 5000, 5000]
@@ -169,7 +169,7 @@ def test_target_failures_back_off_doubling_to_a_cap_then_disable(node):
         with node.database.write() as session:
             now = store.now_ms()
             failures, disabled = tasks.note_target_failure(session, config_id, "refused", backoff,
-                                                           4, now=now)
+                                                           4, needs_a_person=True, now=now)
             waits.append(session.get(ExportConfigRow, config_id).next_attempt_at - now)
     assert waits == [1000, 2000, 4000, 5000]
     assert (failures, disabled) == (4, True)
@@ -183,8 +183,25 @@ def test_max_failures_zero_never_disables(node):
     config_id = add_config(node)
     for _ in range(10):
         with node.database.write() as session:
-            _, disabled = tasks.note_target_failure(session, config_id, "down", Backoff(1, 1), 0)
+            _, disabled = tasks.note_target_failure(session, config_id, "down", Backoff(1, 1), 0,
+                                                    needs_a_person=True)
             assert not disabled
+
+
+def test_target_failures_that_heal_back_off_to_the_cap_and_never_disable(node):
+    config_id = add_config(node)
+    backoff = Backoff(1000, 5000)
+    for _ in range(20):
+        with node.database.write() as session:
+            now = store.now_ms()
+            failures, disabled = tasks.note_target_failure(session, config_id, "down", backoff, 4,
+                                                           now=now)
+            assert not disabled
+            wait = session.get(ExportConfigRow, config_id).next_attempt_at - now
+    assert (failures, wait) == (20, 5000)
+    with node.database.read() as session:
+        view = configs.get(session, "central")
+    assert view.configuration.enabled and view.disabled_reason is None
 
 
 def test_one_exporter_at_a_time_holds_a_configuration(node):

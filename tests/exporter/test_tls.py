@@ -87,3 +87,22 @@ def test_without_a_configured_bundle_the_environment_still_applies(tls_target, c
     with target_session() as session:
         session.auth = (EXPORT_USER, PASSWORD)
         assert session.get(tls_target.import_url, timeout=5).status_code == 200
+
+
+def test_a_certificate_that_does_not_verify_disables_the_configuration_with_advice(
+        make_node, tls_target, ca_bundles):
+    _, wrong = ca_bundles
+    source = make_node("source")
+    with source.services.database.write() as session:
+        configs.add(session, ExportConfiguration(
+            config_id=uuid.uuid4(), name="central", target_url=tls_target.import_url,
+            user_id=EXPORT_USER, password=PASSWORD, search=EventSearch()))
+    exporter = source.exporter(ca_bundle=wrong, max_failures=2)
+    for _ in range(2):
+        with source.services.database.write() as session:
+            configs.get_row(session, "central").next_attempt_at = 0
+        exporter.run_once()
+    with source.services.database.read() as session:
+        view = report.gather(session, "central")[0].view
+    assert not view.configuration.enabled
+    assert "TLS certificate is not trusted: see export_ca_bundle" in view.disabled_reason
