@@ -258,13 +258,25 @@ def ensure_first_user(user_directory: Users) -> str | None:
 @click.option("--workers", type=int, help="Worker processes (setting: workers).")
 @pass_context
 def serve(context: Context, host: str | None, port: int | None, workers: int | None) -> None:
-    """Serve the HTTP API with gunicorn."""
-    from .serving import run_gunicorn
+    """Serve the HTTP API with gunicorn.
 
+    It says "serving on" once it listens; if it cannot (port in use, no such address,
+    permission denied), it says why in one line and exits with status 1.
+    """
+    from .serving import ListenError, listen, run_gunicorn
+
+    if port is not None and not 1 <= port <= 65535:
+        raise click.ClickException(f"--port {port} is not a TCP port: give one from 1 to 65535")
     changes = {name: value for name, value in
                (("host", host), ("port", port), ("workers", workers)) if value is not None}
     config = context.config.replace(**changes)
     database = context.database()
+    # Bound before the first user is made, so a server that cannot start shows no password.
+    try:
+        listener = listen(config.host, config.port)
+    except ListenError as error:
+        database.dispose()
+        raise click.ClickException(str(error)) from None
     password = ensure_first_user(Users(database, VerificationCache(0, 0)))
     database.dispose()
     url = f"http://{config.host}:{config.port}"
@@ -277,10 +289,10 @@ def serve(context: Context, host: str | None, port: int | None, workers: int | N
         click.echo(f"   curl -u {FIRST_USER}:{password} {url}/cameras")
         click.echo(f" Change it with: meteorpi users passwd {FIRST_USER}")
         click.secho("=" * 72 + "\n", fg="yellow")
-    click.echo(f"serving on {url} with {config.workers} worker(s); Ctrl-C stops")
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_gunicorn(config)
+    run_gunicorn(config, listener, when_ready=lambda: click.echo(
+        f"serving on {url} with {config.workers} worker(s); Ctrl-C stops"))
 
 
 # Exporting -------------------------------------------------------------------------------

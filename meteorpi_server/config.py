@@ -48,6 +48,13 @@ def _int(value: Any) -> int:
         raise ValueError("must be a whole number") from None
 
 
+def _port(value: Any) -> int:
+    number = _int(value)
+    if not 1 <= number <= 65535:
+        raise ValueError("must be a TCP port, 1 to 65535")
+    return number
+
+
 def _non_negative_int(value: Any) -> int:
     number = _int(value)
     if number < 0:
@@ -237,7 +244,7 @@ SETTINGS: tuple[Setting, ...] = (
             "How long one GET /changes/stream connection lasts before the server ends it "
             "(clients reconnect with Last-Event-ID).", _positive_int),
     Setting("host", "127.0.0.1", "Address `meteorpi serve` listens on.", _str),
-    Setting("port", 8000, "Port `meteorpi serve` listens on.", _positive_int),
+    Setting("port", 8000, "Port `meteorpi serve` listens on.", _port),
     Setting("workers", 2, "Worker processes for `meteorpi serve`.", _positive_int),
     Setting("threads", 4, "Threads per worker process (connections are kept alive).",
             _positive_int),

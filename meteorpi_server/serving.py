@@ -1,5 +1,14 @@
-"""Running the app under gunicorn, each worker building its own app (and engine)."""
+"""Running the app under gunicorn, each worker building its own app (and engine).
+
+The listening socket is bound here, before gunicorn starts, and handed to it as
+``fd://N``: a port in use or an address this machine lacks is then one clear error,
+where gunicorn would log five raw attempts a second apart and exit.
+"""
 from __future__ import annotations
+
+import errno
+import socket
+from typing import Callable
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
@@ -25,7 +34,50 @@ class GunicornServer(BaseApplication):
         return create_app(self.meteorpi_config)
 
 
-def gunicorn_options(config: Config) -> dict:
+class ListenError(OSError):
+    """The server cannot listen where it was asked to; the message says why and what to do."""
+
+
+def _why(error: OSError, host: str, port: int) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"{host!r} is not an address or a host name this machine can resolve"
+    if error.errno == errno.EADDRINUSE:
+        return (f"port {port} is in use by another program (`ss -ltnp` shows which); "
+                "stop it, or choose another port with --port or the port setting")
+    if error.errno == errno.EACCES:
+        return (f"permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                "use a higher port (behind a proxy such as nginx)")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return (f"no network interface of this machine has the address {host}; use one of "
+                "its addresses with --host or the host setting (0.0.0.0 for all of them)")
+    return error.strerror or str(error)
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A socket listening on ``host``:``port``, or ListenError in one line."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        listener = socket.socket(family, kind, protocol)
+    except OSError as error:
+        raise ListenError(f"cannot listen on {where}: {_why(error, host, port)}") from None
+    try:
+        # As gunicorn does: a restart need not wait out the old connections' TIME_WAIT.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(backlog)
+    except OSError as error:
+        listener.close()
+        raise ListenError(f"cannot listen on {where}: {_why(error, host, port)}") from None
+    return listener
+
+
+def gunicorn_options(config: Config, listener: socket.socket | None = None,
+                     when_ready: Callable[[], None] | None = None) -> dict:
+    """gunicorn's settings for ``config``. With ``listener``, gunicorn takes that socket
+    over (and closes it when it stops) rather than binding its own; ``when_ready`` is
+    called once the server listens."""
     options = {
         "bind": f"{config.host}:{config.port}",
         "workers": config.workers,
@@ -42,8 +94,14 @@ def gunicorn_options(config: Config) -> dict:
     # one machine (a demo, the tests) would fight over; we have no use for it.
     if "control_socket_disable" in KNOWN_SETTING_NAMES:
         options["control_socket_disable"] = True
+    if listener is not None:
+        options["bind"] = f"fd://{listener.detach()}"
+    if when_ready is not None:
+        options["when_ready"] = lambda _arbiter: when_ready()
     return options
 
 
-def run_gunicorn(config: Config) -> None:
-    GunicornServer(config, gunicorn_options(config)).run()
+def run_gunicorn(config: Config, listener: socket.socket | None = None,
+                 when_ready: Callable[[], None] | None = None) -> None:
+    """Serve until stopped (SIGTERM, Ctrl-C), on ``listener`` if given (see :func:`listen`)."""
+    GunicornServer(config, gunicorn_options(config, listener, when_ready)).run()
