@@ -644,3 +644,74 @@ def demo_data(context: Context, cameras: int, nights: int, events_per_night: int
     click.echo(f"recorded {result.statuses} statuses, {result.events} events with "
                f"{result.event_files} files, {result.standalone_files} stand-alone files "
                f"({format_bytes(result.bytes)}) in {result.seconds:.1f} s")
+
+# Backups -----------------------------------------------------------------------------------
+
+def _backup_errors():
+    """Turn a backup's or restore's own errors into one clear line and exit status 1."""
+    import contextlib
+
+    from .storage.backup import BackupError
+
+    @contextlib.contextmanager
+    def translate():
+        try:
+            yield
+        except BackupError as error:
+            raise click.ClickException(str(error)) from None
+
+    return translate()
+
+
+def _backup_progress():
+    """A bar on a terminal; log lines (to standard error) otherwise."""
+    from .storage.backup import progress_for
+
+    if not sys.stderr.isatty():
+        # Its own lines only (not every library's INFO lines, as basicConfig would).
+        log = logging.getLogger("meteorpi.backup")
+        if not log.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    return progress_for(sys.stderr)
+
+
+@main.command("backup")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--copy", "always_copy", is_flag=True,
+              help="Copy file bytes even where hard links would do (DIRECTORY on the file "
+                   "store's file system).")
+@pass_context
+def backup_command(context: Context, directory: str, always_copy: bool) -> None:
+    """Back up the database and the file store into DIRECTORY (new or empty), while the
+    server runs. Exit status 1 if bytes a record relies on are missing or damaged."""
+    from .storage.backup import backup
+
+    with _backup_errors():
+        result = backup(context.database(), FileStore(context.config.file_store), directory,
+                        _backup_progress(), link=not always_copy)
+    click.echo(result.summary())
+    for problem in result.problems:
+        click.echo(f"PROBLEM: {problem}", err=True)
+    if result.problems:
+        sys.exit(1)
+
+
+@main.command("restore")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@pass_context
+def restore_command(context: Context, directory: str) -> None:
+    """Restore the backup in DIRECTORY into the configured database and file store, which
+    must both be empty (for PostgreSQL, a new database). Every file's md5 is verified."""
+    from .storage.backup import restore
+
+    with _backup_errors():
+        result = restore(context.database(check_schema=False),
+                         FileStore(context.config.file_store), directory, _backup_progress())
+    click.echo(result.summary())
+    for problem in result.problems:
+        click.echo(f"PROBLEM: {problem}", err=True)
+    if result.problems:
+        sys.exit(1)
