@@ -221,14 +221,22 @@ def users_roles(context: Context, name: str, roles: tuple[str, ...], no_roles: b
     click.echo(f"{name} now has roles: {', '.join(sorted(roles)) or 'none'}")
 
 
+# For cron, which mails whatever a job prints: nothing when all is well.
+_quiet_option = click.option(
+    "--quiet", "-q", is_flag=True,
+    help="Print nothing when all is well (for cron); warnings and errors still go to "
+         "standard error, and the exit status says whether it worked.")
+
+
 @main.group()
 def files() -> None:
     """The file store."""
 
 
 @files.command("gc")
+@_quiet_option
 @pass_context
-def files_gc(context: Context) -> None:
+def files_gc(context: Context, quiet: bool) -> None:
     """Remove file data that waited too long for its record, and leftovers of crashes."""
     from .storage.maintenance import sweep_orphan_data
 
@@ -236,8 +244,9 @@ def files_gc(context: Context) -> None:
     result = sweep_orphan_data(context.database(), FileStore(config.file_store),
                                config.orphan_data_seconds, config.upload_expiry_seconds,
                                scan_disk=True)
-    click.echo(f"removed {result.orphaned_files} orphaned, {result.unindexed_files} unindexed "
-               f"and {result.partial_files} partial files")
+    if not quiet:
+        click.echo(f"removed {result.orphaned_files} orphaned, {result.unindexed_files} unindexed "
+                   f"and {result.partial_files} partial files")
 
 
 def ensure_first_user(user_directory: Users) -> str | None:
@@ -528,8 +537,9 @@ def export_status(context: Context) -> None:
 @click.option("--once", is_flag=True,
               help="Send everything due, print a summary and exit (status 1 if anything failed, "
                    "or a configuration is backing off after failures or was disabled by them).")
+@_quiet_option
 @pass_context
-def export_run(context: Context, once: bool) -> None:
+def export_run(context: Context, once: bool, quiet: bool) -> None:
     """Send records to every enabled configuration's target.
 
     Without --once it keeps running, marking and sending every export_interval_seconds,
@@ -541,17 +551,19 @@ def export_run(context: Context, once: bool) -> None:
     import threading
 
     from .exporter import report
-    from .exporter.progress import BarReporter, reporter_for
+    from .exporter.progress import BarReporter, Reporter, reporter_for
     from .exporter.runner import Exporter, ExporterSettings
     from .exporter.target_errors import quiet_connection_retries
 
     config = context.config
     settings = ExporterSettings.from_config(config)
     database = context.database()
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.getLevelName(config.log_level.upper())
+    if quiet:  # progress lines are INFO; a target's failures are warnings and still show
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_connection_retries()
-    reporter = reporter_for(sys.stderr)
+    reporter = Reporter() if quiet else reporter_for(sys.stderr)
     exporter = Exporter(database, FileStore(config.file_store), settings, reporter)
     stop = threading.Event()
 
@@ -577,9 +589,13 @@ def export_run(context: Context, once: bool) -> None:
         reporter.close()
     with database.read() as session:
         statuses = report.gather(session)
-    click.echo(report.format_summary(summary, statuses))
     # Waiting out failures, or disabled by them, is something cron should mail about too.
-    if once and (summary.failures or report.attention(statuses)):
+    trouble = bool(summary.failures or report.attention(statuses))
+    if not quiet:
+        click.echo(report.format_summary(summary, statuses))
+    elif trouble:
+        click.echo(report.format_summary(summary, statuses), err=True)
+    if once and trouble:
         sys.exit(1)
 
 

@@ -342,3 +342,21 @@ def test_files_gc_removes_stale_leftovers_and_keeps_what_is_in_progress(config_f
     assert result.output == "removed 0 orphaned, 1 unindexed and 1 partial files\n"
     assert not stale.exists() and not unindexed.exists()
     assert fresh.read_bytes() == b"partial"
+
+
+def test_files_gc_quiet_prints_nothing_when_all_is_well(config_file):
+    assert meteorpi(config_file, "db", "upgrade").exit_code == 0
+    for flag in ("--quiet", "-q"):
+        result = meteorpi(config_file, "files", "gc", flag)
+        assert result.exit_code == 0, result.output
+        assert (result.stdout, result.stderr) == ("", "")
+
+
+def test_files_gc_quiet_still_says_what_went_wrong(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump({"database_url": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+                                    "file_store": str(tmp_path / "files")}))
+    result = meteorpi(path, "files", "gc", "--quiet")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "could not reach the database" in result.stderr
