@@ -68,7 +68,7 @@ def test_the_long_running_services_restart_on_failure():
 
 def test_the_gc_timer_starts_the_gc_service_daily():
     assert _read_unit("meteorpi-gc.timer")["Timer"]["OnCalendar"] == "daily"
-    assert " files gc" in _read_unit("meteorpi-gc.service")["Service"]["ExecStart"]
+    assert _read_unit("meteorpi-gc.service")["Service"]["ExecStart"].endswith(" files gc --quiet")
 
 
 def test_the_example_config_keeps_its_data_in_the_state_directory():
