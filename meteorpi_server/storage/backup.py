@@ -212,6 +212,8 @@ def backup(database: Database, files: FileStore, directory: str | os.PathLike,
         try:
             for blob in blobs:
                 outcome = _copy_blob(files, target, blob, link)
+                # A link that failed (another file system) fails for every file: copy on.
+                link = link and outcome != "copied"
                 if outcome in ("linked", "copied"):
                     manifest.write(f"{blob.file_id.hex}\t{blob.md5}\t{blob.size}\n")
                     result.files += 1

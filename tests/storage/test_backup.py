@@ -287,3 +287,23 @@ def test_the_command_fails_when_a_backup_has_problems(source, tmp_path):
                str(tmp_path / "backup")])
     assert result.exit_code == 1
     assert f"PROBLEM: file {victim.hex}: bytes on disk no longer match" in result.stderr
+
+
+def test_where_hard_links_fail_the_files_are_copied_and_links_not_tried_again(
+        source, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    tries = []
+
+    def no_links(*_):
+        tries.append(1)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    result = backups.backup(source.services.database, source.services.files, tmp_path / "b")
+    assert result.problems == [] and result.linked == 0
+    assert result.files == len(record_ids(source.services.database)["files"]) and len(tries) == 1
+    for line in (tmp_path / "b" / "manifest.tsv").read_text().splitlines()[1:]:
+        file_id, md5, _ = line.split("\t")
+        assert md5_bytes((tmp_path / "b" / "files" / file_id[:2] / file_id).read_bytes()) == md5
