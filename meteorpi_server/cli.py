@@ -378,17 +378,22 @@ def _search_options(command):
     return command
 
 
-def _build_search(events: bool, search_json: str | None, options: dict):
+def _build_search(events: bool, search_json: str | None, options: dict,
+                  base: dict | None = None, kind: str | None = None):
+    """The search the options describe: ``--search``'s JSON (else ``base``, a stored
+    search's document) with the other options' fields over it. ``kind`` names what made
+    it an event or a file search, for the message when an option belongs to the other."""
     import json
 
     from meteorpi_model import EventSearch, FileSearch
 
+    kind = kind or ("--events" if events else "--files")
     for name in (["mime_type", "semantic_type"] if events else ["event_type"]):
         if options.get(name) is not None:
             flag = "--" + name.replace("_", "-")
             raise click.UsageError(f"{flag} selects {'files' if events else 'events'}; "
-                                   f"it cannot be used with {'--events' if events else '--files'}")
-    document = {}
+                                   f"it cannot be used with {kind}")
+    document = dict(base or {})
     if search_json:
         try:
             document = json.loads(search_json)
@@ -403,12 +408,28 @@ def _build_search(events: bool, search_json: str | None, options: dict):
     return search_class.from_dict(document, "search")
 
 
+# Shared by export add (where target and user are required) and export edit.
+def _target_option(required: bool):
+    return click.option("--target", "target_url", required=required, metavar="URL",
+                        help="The target's import endpoint, such as "
+                             "https://central.example.org/import.")
+
+
+def _user_option(required: bool):
+    return click.option("--user", "user_id", required=required,
+                        help="The user (with the import role) on the target.")
+
+
+def _note_import_url(target_url: str) -> None:
+    if not target_url.rstrip("/").endswith("/import"):
+        click.echo("note: a Meteor Pi server's import endpoint ends in /import; check the URL",
+                   err=True)
+
+
 @export.command("add")
 @click.argument("name")
-@click.option("--target", "target_url", required=True, metavar="URL",
-              help="The target's import endpoint, such as https://central.example.org/import.")
-@click.option("--user", "user_id", required=True,
-              help="The user (with the import role) on the target.")
+@_target_option(required=True)
+@_user_option(required=True)
 @click.option("--password-stdin", is_flag=True,
               help="Read that user's password from standard input (else it is asked for).")
 @click.option("--events", "events", is_flag=True,
@@ -447,9 +468,54 @@ def export_add(context: Context, name: str, target_url: str, user_id: str, passw
     what = "events" if events else "stand-alone files"
     click.echo(f"added export {name}: {what} to {target_url} as {user_id} "
                f"({'disabled' if disabled else 'enabled'})")
-    if not target_url.rstrip("/").endswith("/import"):
-        click.echo("note: a Meteor Pi server's import endpoint ends in /import; check the URL",
-                   err=True)
+    _note_import_url(target_url)
+
+
+@export.command("edit")
+@click.argument("name")
+@_target_option(required=False)
+@_user_option(required=False)
+@click.option("--password-stdin", is_flag=True,
+              help="Read a new password for the target's user from standard input.")
+@_search_options
+@pass_context
+def export_edit(context: Context, name: str, target_url: str | None, user_id: str | None,
+                password_stdin: bool, search_json: str | None, **search_options) -> None:
+    """Change export configuration NAME in place: its target, user, password or search.
+
+    Search options change only the fields they name (--search replaces the whole search
+    first). Tasks of records the new search no longer matches are dropped; new matches
+    are marked on the next run. A changed target or credentials are tried at once.
+    """
+    from .exporter import configs, marking
+
+    changes = {field: value for field, value in
+               (("target_url", target_url), ("user_id", user_id)) if value is not None}
+    search_given = search_json is not None or any(
+        value not in (None, ()) for value in search_options.values())
+    if not changes and not password_stdin and not search_given:
+        raise click.UsageError("say what to change: --target, --user, --password-stdin or "
+                               "search options (see --help)")
+    if password_stdin:
+        changes["password"] = _read_password(password_stdin)
+    with _export_errors(), context.database().write() as session:  # one transaction
+        row = configs.get_row(session, name, for_update=True)
+        search = None
+        if search_given:
+            events = row.export_type == "event"
+            kind = f"export {name}, which exports {'events' if events else 'stand-alone files'}"
+            search = _build_search(events, search_json, search_options, base=row.search,
+                                   kind=kind)
+        configs.update(session, name, changes, search=search)
+        if search is not None:
+            marking.unmark(session, row)
+    changed = [label for label, given in (("target", target_url is not None),
+                                          ("user", user_id is not None),
+                                          ("password", password_stdin), ("search", search_given))
+               if given]
+    click.echo(f"changed export {name}: {', '.join(changed)}")
+    if target_url is not None:
+        _note_import_url(target_url)
 
 
 @export.command("list")

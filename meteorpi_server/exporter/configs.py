@@ -204,19 +204,38 @@ def disable(session: Session, name: str, reason: str = DISABLED_BY_ADMIN) -> Exp
 CHANGEABLE = ("enabled", "description", "target_url", "user_id", "password")
 
 
-def update(session: Session, name: str, changes: dict[str, Any]) -> ExportView:
-    """Change some of :data:`CHANGEABLE`; the result is validated as a whole."""
+def update(session: Session, name: str, changes: dict[str, Any],
+           search: EventSearch | FileSearch | None = None) -> ExportView:
+    """Change some of :data:`CHANGEABLE`, and the ``search`` if given (of the same kind:
+    events or stand-alone files); the result is validated as a whole before anything is
+    written. A new target or credentials are tried at once, without waiting out a back-off.
+
+    New matches of a changed search are marked on the next pass; a caller that changes
+    the search calls ``marking.unmark`` in the same transaction, which drops the tasks of
+    records it no longer matches.
+    """
     unknown = sorted(set(changes) - set(CHANGEABLE))
     if unknown:
         raise ValidationError(unknown[0], "cannot be changed; changeable fields are "
                                           + ", ".join(CHANGEABLE))
     row = get_row(session, name, for_update=True)
     current = configuration_from_row(row)
+    if search is not None and type(search) is not type(current.search):
+        kind = "events" if isinstance(current.search, EventSearch) else "stand-alone files"
+        raise ValidationError("search", f"must select {kind}, as the configuration does "
+                                        "(a configuration's kind cannot change)")
     values = {field: getattr(current, field) for field in CHANGEABLE}
     values.update(changes)
     changed = ExportConfiguration(config_id=current.config_id, name=current.name,
-                                  search=current.search, **values)
+                                  search=search if search is not None else current.search,
+                                  **values)
     check_target_url(changed.target_url)
+    if (changed.target_url, changed.user_id, changed.password) != (
+            current.target_url, current.user_id, current.password):
+        # The operator fixed what was failing (a password, a URL): no reason to wait.
+        row.next_attempt_at = 0
+    if search is not None:
+        row.search = _search_document(search)
     if changed.enabled and not current.enabled:
         enable(session, name)
     elif not changed.enabled and current.enabled:

@@ -7,7 +7,7 @@ records back and forth.
 """
 from __future__ import annotations
 
-from sqlalchemy import exists, literal, or_, select
+from sqlalchemy import delete, exists, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -17,7 +17,7 @@ from ..reading import searches
 from ..storage.orm import EventRow, ExportConfigRow, ExportTaskRow, FileRecordRow
 from ..storage.store import now_ms
 from .configs import search_from_row
-from .tasks import PENDING
+from .tasks import DONE, PENDING
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
@@ -56,4 +56,17 @@ def mark(session: Session, row: ExportConfigRow, now: int | None = None) -> int:
     # PostgreSQL; the conflict clause lets the second one add nothing instead of failing.
     result = session.execute(insert.on_conflict_do_nothing(),
                              execution_options={"preserve_rowcount": True})
+    return max(result.rowcount or 0, 0)
+
+
+def unmark(session: Session, row: ExportConfigRow) -> int:
+    """Drop the tasks not yet done whose entity ``row``'s search no longer matches (after
+    an edit narrowed it); returns how many. Done tasks stay: the target holds those."""
+    _, id_column, _, _, conditions = _selection(row)
+    still_matching = select(id_column).where(*conditions)
+    result = session.execute(
+        delete(ExportTaskRow).where(ExportTaskRow.config_id == row.config_id,
+                                    ExportTaskRow.state != DONE,
+                                    ExportTaskRow.entity_id.not_in(still_matching)),
+        execution_options={"synchronize_session": False})
     return max(result.rowcount or 0, 0)

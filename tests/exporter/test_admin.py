@@ -352,3 +352,108 @@ def test_the_password_stays_out_of_reprs(config_file, services):
     assert SECRET not in repr(view.configuration) and SECRET not in str(view.configuration)
     assert SECRET not in repr(view)
     assert "user_id='node-7'" in repr(view.configuration)
+
+
+# export edit ---------------------------------------------------------------------------------
+
+NOV_20 = 1795212000000  # 2026-11-20T22:00:00Z
+
+
+def configuration_dict(services, name="central"):
+    return stored(services, name).configuration.to_dict(include_password=True)
+
+
+@pytest.mark.parametrize("options, stdin, changed", [
+    (["--target", "https://other.example.org/import"], None,
+     {"target_url": "https://other.example.org/import"}),
+    (["--user", "node-8"], None, {"user_id": "node-8"}),
+    (["--password-stdin"], "a new password\n", {"password": "a new password"}),
+    (["--after", "2026-11-20T22:00:00Z"], None, {"search": {"after": NOV_20}}),
+    (["--camera", "cam-2", "--camera", "cam-3"], None, {"search": {"camera_ids": ["cam-2", "cam-3"]}}),
+    (["--event-type", "meteorpi:meteor"], None, {"search": {"event_type": "meteorpi:meteor"}}),
+], ids=["target", "user", "password", "after", "camera", "event-type"])
+def test_export_edit_changes_what_its_options_name_and_nothing_else(config_file, services, options,
+                                                                     stdin, changed):
+    assert add(config_file, "central", "--events", "--camera", "cam-1",
+               "--before", "2026-12-01").exit_code == 0
+    before = configuration_dict(services)
+    result = meteorpi(config_file, "export", "edit", "central", *options, input=stdin)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("changed export central: ")
+    expected = dict(before)
+    for field, value in changed.items():
+        expected[field] = {**before["search"], **value} if field == "search" else value
+    assert configuration_dict(services) == expected
+    assert "a new password" not in result.output
+
+
+def test_export_edit_of_a_wrong_password_makes_the_next_run_try_at_once(config_file, services):
+    assert add(config_file, "central", "--events").exit_code == 0
+    with services.database.write() as session:
+        row = configs.get_row(session, "central")
+        row.consecutive_failures, row.next_attempt_at = 2, 2 ** 50
+    assert meteorpi(config_file, "export", "edit", "central", "--password-stdin",
+                    input="the right one\n").exit_code == 0
+    assert stored(services).next_attempt_at == 0
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--target", "ftp://c.example.org/import"], "target_url: must be an http:// or https:// URL"),
+    (["--target", "https://node:pw@c.example.org/import"], "must not contain a user or password"),
+    (["--mime-type", "image/png"], "--mime-type selects files"),
+    (["--camera", ""], "camera_ids[0]"),
+    (["--after", "last tuesday"], "ISO 8601"),
+    (["--search", "{not json"], "not valid JSON"),
+    (["--search", '{"lat_min": 100}'], "search.lat_min: must be between -90 and 90"),
+    (["--lat-min", "100"], "search.lat_min: must be between -90 and 90"),
+    ([], "say what to change"),
+])
+def test_bad_export_edit_is_refused_as_export_add_refuses_it_and_changes_nothing(
+        config_file, services, options, message):
+    assert add(config_file, "central", "--events").exit_code == 0
+    before = configuration_dict(services)
+    result = meteorpi(config_file, "export", "edit", "central", *options)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert configuration_dict(services) == before
+
+
+def test_export_edit_of_a_files_configuration_refuses_event_options(config_file, services):
+    assert add(config_file, "frames", "--files").exit_code == 0
+    result = meteorpi(config_file, "export", "edit", "frames", "--event-type", "meteorpi:meteor")
+    assert result.exit_code == 2
+    assert ("--event-type selects events; it cannot be used with export frames, which exports "
+            "stand-alone files") in result.output
+
+
+def test_export_edit_of_an_unknown_name_is_one_clear_line(config_file):
+    result = meteorpi(config_file, "export", "edit", "nope", "--user", "node-8")
+    assert result.exit_code == 1
+    assert result.output == ("Error: there is no export configuration named 'nope' "
+                             "('meteorpi export list' shows them)\n")
+
+
+def test_export_edit_that_narrows_the_search_drops_the_tasks_it_no_longer_matches(
+        config_file, services):
+    import datetime
+
+    from sqlalchemy import select
+
+    from meteorpi_server.exporter import marking, tasks
+    from meteorpi_server.node.demo import DemoPlan, generate
+    from meteorpi_server.node.recording import Recorder
+    from meteorpi_server.storage.orm import EventRow
+
+    generate(Recorder(services.database, services.files),
+             DemoPlan(cameras=2, nights=1, events_per_night=2, files_per_event=0,
+                      standalone_files=0, file_size=100, first_night=datetime.date(2026, 11, 1)))
+    assert add(config_file, "central", "--events").exit_code == 0
+    with services.database.write() as session:
+        row = configs.get_row(session, "central")
+        assert marking.mark(session, row) == 4
+        camera = session.scalars(select(EventRow.camera_id).limit(1)).one()
+    result = meteorpi(config_file, "export", "edit", "central", "--camera", camera)
+    assert result.exit_code == 0, result.output
+    with services.database.read() as session:
+        counts = tasks.counts_by_state(session)[stored(services).config_id]
+    assert counts[tasks.PENDING] == 2
