@@ -15,6 +15,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     the configuration file and environment (see :func:`load_config`)."""
     from .api import batch, cameras, downloads, errors, exports, feed, importer, search
     from .api.context import EXTENSION
+    from .api.request_log import RequestLog
     from .services import Services
 
     if config is None:
@@ -33,6 +34,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(cameras.blueprint)
     app.register_blueprint(feed.blueprint)
     app.register_blueprint(exports.blueprint)
+    app.wsgi_app = RequestLog(app.wsgi_app, config.log_format)
 
     @app.get("/health")
     def health():

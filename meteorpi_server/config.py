@@ -250,6 +250,10 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_int),
     Setting("log_level", "info", "Logging level: debug, info, warning or error.",
             _choice("debug", "info", "warning", "error")),
+    Setting("log_format", "text",
+            "How `meteorpi serve` writes its line per request (method, path, status, user, "
+            "duration_ms) to standard output: 'text' (key=value pairs) or 'json' (one object "
+            "per line).", _choice("text", "json")),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -304,6 +308,7 @@ class Config:
     workers: int
     threads: int
     log_level: str
+    log_format: str
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None, source: str = "configuration",

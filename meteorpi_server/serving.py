@@ -31,7 +31,25 @@ class GunicornServer(BaseApplication):
     def load(self):
         from . import create_app
 
+        _log_requests_to_stdout()
         return create_app(self.meteorpi_config)
+
+
+def _log_requests_to_stdout() -> None:
+    """Request lines go to standard output, unprefixed, whatever ``log_level`` says (it
+    governs the other logs, on standard error): they are the server's access log."""
+    import logging
+    import sys
+
+    from .api.request_log import LOGGER_NAME
+
+    log = logging.getLogger(LOGGER_NAME)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 class ListenError(OSError):
@@ -84,7 +102,8 @@ def gunicorn_options(config: Config, listener: socket.socket | None = None,
         # gthread keeps connections alive between an exporter's requests; sync closes them.
         "worker_class": "gthread",
         "threads": config.threads,
-        "accesslog": "-",
+        # Our own line per request replaces gunicorn's access log (api/request_log.py).
+        "accesslog": None,
         "errorlog": "-",
         "loglevel": config.log_level,
         "graceful_timeout": 30,

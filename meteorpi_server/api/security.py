@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 
-from flask import g
+from flask import g, request
 from flask_httpauth import HTTPBasicAuth
 
 from ..auth import User
 from .context import services
 from .errors import error_response
+from .request_log import USER_KEY
 
 basic_auth = HTTPBasicAuth(realm="meteorpi")
 
@@ -22,7 +23,10 @@ basic_auth = HTTPBasicAuth(realm="meteorpi")
 def _verify(name: str, password: str) -> User | None:
     if not name:
         return None
-    return services().users.authenticate(name, password)
+    user = services().users.authenticate(name, password)
+    if user is not None:  # for the request's log line; a failed attempt's name is not logged
+        request.environ[USER_KEY] = user.name
+    return user
 
 
 @basic_auth.get_user_roles
