@@ -727,6 +727,7 @@ def demo_data(context: Context, cameras: int, nights: int, events_per_night: int
                f"{result.event_files} files, {result.standalone_files} stand-alone files "
                f"({format_bytes(result.bytes)}) in {result.seconds:.1f} s")
 
+
 # Backups -----------------------------------------------------------------------------------
 
 def _backup_errors():

@@ -287,9 +287,9 @@ class Config:
     upload_attempts_window_seconds: int
     auth_cache_size: int
     auth_cache_seconds: int
+    min_password_length: int
     export_interval_seconds: float
     export_max_failures: int
-    min_password_length: int
     export_backoff_seconds: float
     export_backoff_max_seconds: float
     export_connect_timeout_seconds: float
