@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -276,7 +277,6 @@ def test_serve_tells_the_first_password_once_and_it_works(tmp_path):
                                              json={"type": "cached_entity", "cached_entity_id": "0" * 32})
                     break
                 except requests.ConnectionError:
-                    import time
                     time.sleep(0.1)
             assert response.json() == {"state": "continue-nocache"}
             # The command the banner suggests to try the password works as printed.
@@ -284,6 +284,15 @@ def test_serve_tells_the_first_password_once_and_it_works(tmp_path):
             assert suggested and suggested[2] == password[1]
             tried = requests.get(suggested[3], auth=(suggested[1], suggested[2]), timeout=10)
             assert tried.status_code == 200, tried.text
+        # Stopped once a worker answers: a SIGTERM that reaches a worker gunicorn is still
+        # forking is lost, and the arbiter then waits out its graceful time-out.
+        for _ in range(300):
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
         process.terminate()
         process.wait(20)
         return banner
