@@ -63,7 +63,7 @@ def _why(error: OSError, host: str, port: int) -> str:
         return (f"port {port} is in use by another program (`ss -ltnp` shows which); "
                 "stop it, or choose another port with --port or the port setting")
     if error.errno == errno.EACCES:
-        return (f"permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+        return ("permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; "
                 "use a higher port (behind a proxy such as nginx)")
     if error.errno == errno.EADDRNOTAVAIL:
         return (f"no network interface of this machine has the address {host}; use one of "

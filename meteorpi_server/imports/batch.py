@@ -10,7 +10,6 @@ the blueprint only parses and replies.
 """
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +27,6 @@ from .. import protocol
 from .bundles import BundleEntry, read_bundle
 from .handshake import ImportRequest, Reply
 from .receivers import BaseImportReceiver, BundleWriter
-
-log = logging.getLogger("meteorpi.batch")
 
 ENTITY_TYPES = {"event": Event, "file": FileRecord}
 

@@ -264,19 +264,9 @@ def _copy_sqlite(database: Database, destination: Path) -> tuple[list[Blob], dic
     path = database.url.database
     if not path or path == ":memory:" or not Path(path).is_file():
         raise BackupError(f"no SQLite database file at {path!r} to back up")
-    source = sqlite3.connect(path, timeout=30)
-    target = sqlite3.connect(destination)
-    try:
-        # All pages in one step: one read transaction, so one consistent snapshot. In WAL
-        # mode the server's writers are not held up by it.
-        source.backup(target)
-        # A single self-contained file, not one that needs its -wal beside it.
-        target.execute("PRAGMA journal_mode=DELETE")
-    except sqlite3.Error as error:
-        raise BackupError(f"could not copy the SQLite database {path}: {error}") from None
-    finally:
-        target.close()
-        source.close()
+    # A single self-contained file, not one that needs its -wal beside it.
+    _sqlite_online_copy(path, destination, "DELETE",
+                        f"could not copy the SQLite database {path}")
     copy = Database(f"sqlite:///{destination}")
     try:
         with copy.read() as session:
@@ -505,13 +495,21 @@ def _restore_sqlite(copy: Path, database: Database) -> None:
     database.dispose()
     path = Path(database.url.database)
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = sqlite3.connect(copy)
-    target = sqlite3.connect(path)
+    _sqlite_online_copy(copy, path, "WAL",
+                        f"could not restore the SQLite database into {path}")
+
+
+def _sqlite_online_copy(source_path, target_path, journal_mode: str, failure: str) -> None:
+    """Copy one SQLite database into another with the online backup API, then set the
+    copy's journal mode. All pages go in one step: one read transaction, so one
+    consistent snapshot; in WAL mode the source's writers are not held up by it."""
+    source = sqlite3.connect(source_path, timeout=30)
+    target = sqlite3.connect(target_path)
     try:
         source.backup(target)
-        target.execute("PRAGMA journal_mode=WAL")
+        target.execute(f"PRAGMA journal_mode={journal_mode}")
     except sqlite3.Error as error:
-        raise BackupError(f"could not restore the SQLite database into {path}: {error}") from None
+        raise BackupError(f"{failure}: {error}") from None
     finally:
         target.close()
         source.close()
