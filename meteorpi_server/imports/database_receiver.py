@@ -137,6 +137,8 @@ class DatabaseImportReceiver(BaseImportReceiver):
     def upload_failed(self, file_id: uuid.UUID, md5: str, user: str) -> None:
         self._count_failed_upload(file_id, md5)
 
+    # This class's own failures are counted here, not through upload_failed, so a subclass
+    # that overrides that hook (to be told of resumable failures) keeps the count right.
     def _count_failed_upload(self, file_id: uuid.UUID, md5: str) -> None:
         with self.database.write() as session:
             store.note_upload_failure(session, file_id, md5, self._attempts_window_start())
