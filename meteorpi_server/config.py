@@ -231,6 +231,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("read_access", "user",
             "Who may read events, files, cameras and the change feed: 'user' (users with the "
             "user role) or 'public' (anyone, without credentials).", _choice("user", "public")),
+    Setting("metrics_access", "public",
+            "Who may scrape GET /metrics: 'public' (anyone who can reach it; keep the port "
+            "private or let the proxy restrict it) or a role (user, import or camera_admin) "
+            "whose users may, with HTTP Basic credentials.",
+            _choice("public", "user", "import", "camera_admin")),
+    Setting("min_free_bytes", 1024 ** 3,
+            "Free space the file store's disk must keep: below it GET /health/ready fails "
+            "(503), so a load balancer or monitor notices before the disk is full.",
+            _non_negative_int),
+    Setting("cache_dir", "var/cache",
+            "Directory for things the server can make again, such as the status page's "
+            "thumbnails.", _non_empty_str),
     Setting("camera_connected_seconds", 3600,
             "A camera counts as connected while a record about it arrived within this many "
             "seconds.", _positive_int),
@@ -299,6 +311,9 @@ class Config:
     export_upload_retry_seconds: float
     export_ca_bundle: str
     read_access: str
+    metrics_access: str
+    min_free_bytes: int
+    cache_dir: str
     camera_connected_seconds: int
     feed_max_wait_seconds: int
     feed_heartbeat_seconds: int
