@@ -1,0 +1,1 @@
+"""What the server shows about itself: health checks and Prometheus metrics."""
