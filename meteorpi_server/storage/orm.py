@@ -310,6 +310,11 @@ class ExportConfigRow(Base):
     # Which exporter process works on this configuration, so two never send the same tasks.
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # What the target confirmed over the configuration's life (entities answered complete,
+    # and the files and bytes uploaded for them), added in the transaction that records it.
+    entities_sent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    files_sent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (UniqueConstraint("name"),)
 
@@ -336,3 +341,35 @@ class ExportTaskRow(Base):
         # The runner's queue, read in this order, and the backlog counts by state.
         Index("ix_export_task_queue", "config_id", "state", "attempts", "entity_time", "entity_id"),
     )
+
+
+class NodeActivityRow(Base):
+    """A user that imports here (a camera node's login): when it first and last imported,
+    the server id it last announced (``Meteorpi-Origin``; None from a legacy exporter),
+    its totals, and the last problem it met (a refusal, an md5 mismatch). Kept by
+    :mod:`meteorpi_server.storage.node_activity`; no foreign key, so the history stays
+    when the user is removed."""
+
+    __tablename__ = "node_activity"
+
+    user_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    origin_server: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    first_import_at: Mapped[int] = mapped_column(BigInteger)
+    last_import_at: Mapped[int] = mapped_column(BigInteger)
+    entities_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    problem_kind: Mapped[str | None] = mapped_column(String(32))
+    problem_message: Mapped[str | None] = mapped_column(String(2048))
+    problem_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class NodeActivityHourRow(Base):
+    """What one importing user sent in one hour (``hour_start``, ms, a multiple of an
+    hour): the last 24 hours are summed from these; older ones are pruned."""
+
+    __tablename__ = "node_activity_hour"
+
+    user_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hour_start: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
+    entities: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    bytes_received: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
