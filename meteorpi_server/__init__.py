@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from flask import Flask, jsonify
+from flask import Flask
 
 from .config import Config, load_config
 
@@ -13,7 +13,8 @@ __all__ = ["create_app", "Config", "load_config"]
 def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     """Build the WSGI app. ``config`` is a Config, a mapping of settings, or None for
     the configuration file and environment (see :func:`load_config`)."""
-    from .api import batch, cameras, downloads, errors, exports, feed, importer, search
+    from .api import batch, cameras, downloads, errors, exports, feed, health, importer, search
+    from .api import replication
     from .api.context import EXTENSION
     from .api.request_log import RequestLog
     from .services import Services
@@ -34,10 +35,8 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(cameras.blueprint)
     app.register_blueprint(feed.blueprint)
     app.register_blueprint(exports.blueprint)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(replication.blueprint)
     app.wsgi_app = RequestLog(app.wsgi_app, config.log_format)
-
-    @app.get("/health")
-    def health():
-        return jsonify({"status": "ok"})
 
     return app
