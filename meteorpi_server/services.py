@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from . import protocol
 from .auth import Users, VerificationCache
 from .config import Config, ConfigError
+from .imports.activity import ImportActivity
 from .imports.batch import BatchImporter
 from .imports.handshake import EntityCache, Importer
 from .imports.receivers import BaseImportReceiver, ReceiverContext
@@ -82,13 +83,16 @@ class Services:
         users = Users(database, VerificationCache(config.auth_cache_size, config.auth_cache_seconds),
                       config.min_password_length)
         receiver = load_receiver_class(config.receiver)(ReceiverContext(config, database, files))
-        importer = Importer(receiver, EntityCache(config.import_cache_size))
-        uploads = ResumableUploads(files, receiver, config.max_chunk_bytes, config.max_upload_bytes)
-        sweep = PeriodicSweep(database, files, config)
+        activity = ImportActivity()
+        importer = Importer(receiver, EntityCache(config.import_cache_size), activity)
+        uploads = ResumableUploads(files, receiver, config.max_chunk_bytes, config.max_upload_bytes,
+                                   activity)
+        sweep = PeriodicSweep(database, files, config,
+                              on_swept=lambda swept: activity.uploads_expired(swept.partial_files))
         batch = None
         if config.batch_protocol and receiver.batch_protocol:
             batch = BatchImporter(receiver, uploads, config.batch_max_entities,
-                                  config.max_upload_bytes)
+                                  config.max_upload_bytes, activity)
         elif config.batch_protocol:
             log.warning("receiver %s does not take batches (batch_protocol = False): "
                         "exporters will use the legacy protocol, one record at a time",

@@ -84,7 +84,7 @@ def files():
         body = io.BufferedReader(body, 1 << 20)
     try:
         with body_read_timeout(request, services.config.upload_read_timeout_seconds):
-            return jsonify(services.batch.store_files(body, current_user().name))
+            return jsonify(services.batch.store_files(body, *_sender()))
     except BundleError as error:
         raise ApiError(400, f"the file bundle is malformed: {error}", "bad_bundle") from None
     except IncompleteUpload as error:

@@ -63,7 +63,8 @@ def import_file_data(file_id: str, md5: str):
     with body_read_timeout(request, services.config.upload_read_timeout_seconds):
         content = MultipartFileField(request, "file", services.config.max_upload_bytes).open()
         try:
-            reply = services.importer.handle_file_data(file_id, md5, content, current_user().name)
+            reply = services.importer.handle_file_data(file_id, md5, content, current_user().name,
+                                                       origin_server())
         except IncompleteUpload as error:
             raise ApiError(400, str(error), "incomplete_upload") from None
         content.discard_rest()

@@ -25,6 +25,7 @@ from meteorpi_model import (
 
 from .. import protocol
 from .bundles import BundleEntry, read_bundle
+from .activity import BATCH, ImportActivity
 from .handshake import ImportRequest, Reply
 from .receivers import BaseImportReceiver, BundleWriter
 
@@ -97,11 +98,19 @@ class BatchImporter:
     """The server side of protocol v2, over a receiver and the resumable uploads."""
 
     def __init__(self, receiver: BaseImportReceiver, uploads, max_entities: int,
-                 max_file_bytes: int):
+                 max_file_bytes: int, activity: ImportActivity | None = None):
         self.receiver = receiver
         self.uploads = uploads
         self.max_entities = max_entities
         self.max_file_bytes = max_file_bytes
+        self.activity = activity or ImportActivity()
+
+    def _report(self, request: str, results: list[dict], user: str | None = None,
+                origin_server: uuid.UUID | None = None) -> None:
+        self.activity.batch_size(request, len(results))
+        self.activity.replied(BATCH, request, user, origin_server,
+                              [(result["type"], result["state"], result.get("message"))
+                               for result in results])
 
     def plan(self, document: Any) -> dict:
         """Which of the listed entities are stored, and what the rest still need."""
@@ -120,6 +129,7 @@ class BatchImporter:
         files = [{"file_id": file_id.hex, "md5": md5,
                   "offset": self.uploads.partial_offset(file_id, md5)}
                  for file_id, md5 in plan.need_files.items()]
+        self._report("plan", results)
         return {"entities": results,
                 "need_statuses": [status_id.hex for status_id in plan.need_statuses],
                 "need_files": files}
@@ -139,13 +149,14 @@ class BatchImporter:
                 results.append(ImportRequest("status", status.status_id, status, user, origin_server))
         requests = [request for request in results if isinstance(request, ImportRequest)]
         replies = iter(self.receiver.receive_statuses(requests))
-        return {"results": [_status_result(request, next(replies))
-                            if isinstance(request, ImportRequest) else request
-                            for request in results]}
+        results = [_status_result(request, next(replies))
+                   if isinstance(request, ImportRequest) else request for request in results]
+        self._report("statuses", results, user, origin_server)
+        return {"results": results}
 
     # File bytes in bundles ---------------------------------------------------------
 
-    def store_files(self, stream, user: str) -> dict:
+    def store_files(self, stream, user: str, origin_server: uuid.UUID | None = None) -> dict:
         """Hand each file of a bundle (``bundles.read_bundle``) to the receiver's writer.
 
         Each file is streamed and its md5 checked on its own, as for any upload; what a
@@ -155,11 +166,22 @@ class BatchImporter:
         are whole, and the exporter's next plan will not ask for them again.
         """
         results, writer = [], self.receiver.open_bundle(user)
+        kept, discarded = [], []
         try:
             for entry in read_bundle(stream, self.max_entities):
                 results.append(self._store_bundle_entry(entry, writer))
+                state = results[-1]["state"]
+                if state in (protocol.STORED, protocol.MD5_MISMATCH):
+                    self.activity.bytes_received("bundle", entry.size)
+                    if state == protocol.STORED:
+                        kept.append(entry.size)
+                    else:
+                        discarded.append(entry.file_id)
         finally:
             writer.close()
+            # Files kept before a broken body are reported too: they are stored.
+            self.activity.files_received("bundle", user, origin_server, kept, discarded)
+        self._report("files", results)
         return {"results": results}
 
     def _store_bundle_entry(self, entry: BundleEntry, writer: BundleWriter) -> dict:
@@ -196,9 +218,10 @@ class BatchImporter:
                                              origin_server))
         requests = [request for request in results if isinstance(request, ImportRequest)]
         replies = iter(self.receiver.receive_records(requests))
-        return {"results": [_record_result(request, next(replies))
-                            if isinstance(request, ImportRequest) else request
-                            for request in results]}
+        results = [_record_result(request, next(replies))
+                   if isinstance(request, ImportRequest) else request for request in results]
+        self._report("records", results, user, origin_server)
+        return {"results": results}
 
 
 # The replies a batch result carries as they are; another (the legacy handshake's

@@ -17,6 +17,7 @@ from meteorpi_model import CameraStatus, Event, FileRecord, ValidationError, par
 
 from .. import protocol
 from ..storage.store import Source
+from .activity import LEGACY, ImportActivity
 
 log = logging.getLogger("meteorpi.import")
 
@@ -164,27 +165,57 @@ class ImportRequest:
 class Importer:
     """Runs each request through the receiver and applies the protocol's default replies."""
 
-    def __init__(self, receiver, cache: EntityCache):
+    def __init__(self, receiver, cache: EntityCache, activity: ImportActivity | None = None):
         self.receiver = receiver
         self.cache = cache
+        self.activity = activity or ImportActivity()
 
     def handle(self, document: Any, user: str, origin_server: uuid.UUID | None = None) -> Reply:
         request = ImportRequest.parse(document, user, self.cache, origin_server)
         if request.entity is None:
             log.debug("cache miss for %s from %s", request.entity_id.hex, user)
-            return CONTINUE_NOCACHE
+            reply = CONTINUE_NOCACHE
         # One record is a batch of one: the receiver decides as it does for protocol v2.
-        if request.entity_type == "status":
+        elif request.entity_type == "status":
             reply = self.receiver.receive_statuses([request])[0] or CONTINUE
         else:
             reply = self.receiver.receive_records([request])[0] or COMPLETE
         log.debug("%s %s from %s: %s", request.entity_type, request.entity_id.hex, user, reply.state)
+        self.activity.replied(LEGACY, "entity", user, origin_server,
+                              [(request.entity_type, reply.state, reply.fields.get("message"))])
         return reply
 
-    def handle_file_data(self, file_id: uuid.UUID, md5: str, content: BinaryIO, user: str) -> Reply:
+    def handle_file_data(self, file_id: uuid.UUID, md5: str, content: BinaryIO, user: str,
+                         origin_server: uuid.UUID | None = None) -> Reply:
         """Pass uploaded bytes to the receiver; the protocol always answers 'continue'."""
-        self.receiver.receive_file_data(file_id=file_id, md5=md5, content=content, user=user)
+        counted = _CountingReader(content)
+        self.receiver.receive_file_data(file_id=file_id, md5=md5, content=counted, user=user)
+        self.activity.bytes_received("legacy_upload", counted.count)
+        # A receiver keeps the bytes or not without saying; it is asked, unless it read
+        # nothing (it held them already).
+        if counted.count:
+            kept = self.receiver.has_file_data(file_id, md5)
+            self.activity.files_received("legacy_upload", user, origin_server,
+                                         kept=[counted.count] if kept else [],
+                                         discarded=[] if kept else [file_id])
+        self.activity.replied(LEGACY, "file_data", None, None, [("file_data", CONTINUE.state, None)])
         return CONTINUE
+
+
+class _CountingReader:
+    """A file-like object's reads, counted."""
+
+    def __init__(self, content: BinaryIO):
+        self._content = content
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._content.read(size)
+        self.count += len(data)
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._content, name)
 
 
 __all__ = ["COMPLETE", "CONTINUE", "CONTINUE_NOCACHE", "EntityCache", "ImportRequest",

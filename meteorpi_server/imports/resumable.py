@@ -35,6 +35,7 @@ from meteorpi_model import MD5Stream
 
 from .. import protocol
 from ..storage.files import CHUNK_SIZE, FileStore
+from .activity import ImportActivity
 
 log = logging.getLogger("meteorpi.upload")
 
@@ -123,11 +124,13 @@ class UploadState:
 class ResumableUploads:
     """Appends chunks to partial uploads and completes them through the receiver."""
 
-    def __init__(self, files: FileStore, receiver, max_chunk_bytes: int, max_file_bytes: int):
+    def __init__(self, files: FileStore, receiver, max_chunk_bytes: int, max_file_bytes: int,
+                 activity: ImportActivity | None = None):
         self.files = files
         self.receiver = receiver
         self.max_chunk_bytes = max_chunk_bytes
         self.max_file_bytes = max_file_bytes
+        self.activity = activity or ImportActivity()
 
     def state(self, file_id: uuid.UUID, md5: str) -> UploadState:
         """The offset to send from next (0 for an upload never started)."""
@@ -180,6 +183,9 @@ class ResumableUploads:
                 written = self._write_in_place(descriptor, offset, length, body)
             else:
                 written = self._write_verified(descriptor, path, offset, length, body, checksum)
+            self.activity.bytes_received("resumable_chunk", written - offset)
+            if offset == 0 and written:
+                self.activity.upload_started()
             if written < length:
                 return UploadState(written)
             return self._complete(file_id, md5, path, descriptor, length, user)
@@ -257,6 +263,7 @@ class ResumableUploads:
             os.unlink(path)
             _pin_path(path).unlink(missing_ok=True)
             self.receiver.upload_failed(file_id, md5, user)
+            self.activity.files_received("resumable", user, None, discarded=[file_id])
             log.warning("upload of file %s from %s discarded: md5 %s, expected %s",
                         file_id.hex, user, actual, md5)
             raise FileMd5Mismatch(f"the whole file's md5 is {actual}, not {md5}; the upload "
@@ -266,6 +273,7 @@ class ResumableUploads:
         finally:
             path.unlink(missing_ok=True)
             _pin_path(path).unlink(missing_ok=True)
+        self.activity.files_received("resumable", user, None, kept=[length])
         return UploadState(length, complete=True)
 
 

@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from . import store
 from .blobs import Blobs
@@ -53,11 +54,13 @@ class PeriodicSweep:
     other threads skip rather than wait.
     """
 
-    def __init__(self, database: Database, files: FileStore, config, interval_seconds: float = 600):
+    def __init__(self, database: Database, files: FileStore, config, interval_seconds: float = 600,
+                 on_swept: Callable[[SweepResult], None] | None = None):
         self.database = database
         self.files = files
         self.config = config
         self.interval = interval_seconds
+        self.on_swept = on_swept
         self._next_run = 0.0
         self._lock = threading.Lock()
 
@@ -68,8 +71,10 @@ class PeriodicSweep:
             return
         try:
             self._next_run = now + self.interval
-            sweep_orphan_data(self.database, self.files, self.config.orphan_data_seconds,
-                              self.config.upload_expiry_seconds)
+            result = sweep_orphan_data(self.database, self.files, self.config.orphan_data_seconds,
+                                       self.config.upload_expiry_seconds)
+            if self.on_swept is not None:
+                self.on_swept(result)
         except Exception:  # a failed sweep must not fail the request that triggered it
             log.exception("sweeping orphaned file data failed")
         finally:
