@@ -18,6 +18,7 @@ from .storage import store
 from .storage.db import Database
 from .storage.files import FileStore
 from .storage.maintenance import PeriodicSweep
+from .storage.node_activity import NodeActivityLog
 
 log = logging.getLogger("meteorpi.server")
 
@@ -83,7 +84,7 @@ class Services:
         users = Users(database, VerificationCache(config.auth_cache_size, config.auth_cache_seconds),
                       config.min_password_length)
         receiver = load_receiver_class(config.receiver)(ReceiverContext(config, database, files))
-        activity = ImportActivity()
+        activity = ImportActivity(NodeActivityLog(database))
         importer = Importer(receiver, EntityCache(config.import_cache_size), activity)
         uploads = ResumableUploads(files, receiver, config.max_chunk_bytes, config.max_upload_bytes,
                                    activity)
