@@ -12,7 +12,7 @@ from meteorpi_server.storage.orm import UserRow
 
 READ_ONLY = {"GET", "HEAD", "OPTIONS"}
 # Routes that are deliberately open to anyone (read-only ones only).
-PUBLIC_ROUTES = {"/health"}
+PUBLIC_ROUTES = {"/health", "/health/ready"}
 
 
 def write_routes(app):
