@@ -149,6 +149,7 @@ def _database_checks(database: Database, timeout: float) -> tuple[Check, Check]:
     elapsed_ms = (time.monotonic() - started) * 1000
     if "error" in outcome:
         error = outcome["error"]
+        error = getattr(error, "orig", None) or error  # the driver's words, not SQLAlchemy's
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         reason = (f"the database {where} cannot be reached: {type(error).__name__}: "
                   f"{first_line}; check that it is running, and database_url")
@@ -158,19 +159,20 @@ def _database_checks(database: Database, timeout: float) -> tuple[Check, Check]:
                   "that it is running and reachable from this host, and not overloaded")
         return Check("database", False, reason), _unknown_schema()
     database_check = Check("database", True, f"answered in {elapsed_ms:.0f} ms")
-    return database_check, schema_check(outcome["revision"], head_revision())
+    return database_check, schema_check(outcome["revision"], head_revision(), where)
 
 
 def _unknown_schema() -> Check:
     return Check("schema", False, "not checked: the database did not answer")
 
 
-def schema_check(current: str | None, head: str | None) -> Check:
+def schema_check(current: str | None, head: str | None, where: str = "") -> Check:
     if current == head:
         return Check("schema", True, f"at revision {head}, the newest")
     state = "has no schema" if current is None else f"is at revision {current}"
-    return Check("schema", False, f"the database {state}, the code needs {head}: run "
-                                  "'meteorpi db upgrade' (with the server's --config)")
+    return Check("schema", False, f"the database {where + ' ' if where else ''}{state}, the "
+                                  f"code needs {head}: run 'meteorpi db upgrade' (with the "
+                                  "server's --config)")
 
 
 # The file store ------------------------------------------------------------------------
