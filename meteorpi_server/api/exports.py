@@ -3,6 +3,10 @@
 ``GET /exports``                  every configuration with its target's state and backlog
 ``POST /exports``                 add one (the ExportConfiguration wire form; ``config_id``
                                   optional)
+``GET /exports/status``           every configuration's replication state as data: state,
+                                  backlog, last success and error, what was sent
+                                  (``report.replication_status``; no configuration may be
+                                  named ``status``)
 ``GET /exports/<name>``           one configuration, with its most recent task errors
 ``PATCH /exports/<name>``         change ``enabled``, ``description``, ``target_url``,
                                   ``user_id`` or ``password``
@@ -20,6 +24,8 @@ from flask import Blueprint, jsonify, request, url_for
 from meteorpi_model import ExportConfiguration, ValidationError
 
 from ..exporter import configs, report, tasks
+from ..storage import store
+from ..storage.node_activity import iso
 from .context import services
 from .errors import ApiError
 from .security import requires_role
@@ -76,6 +82,15 @@ def add_export():
     response.status_code = 201
     response.headers["Location"] = url_for("exports.show_export", name=configuration.name)
     return response
+
+
+@blueprint.get("/exports/status")
+@requires_role(ROLE)
+def export_status():
+    now = store.now_ms()
+    with _database().read() as session:
+        statuses = report.replication_status(session, now)
+    return jsonify({"exports": statuses, "now": iso(now), "now_ms": now})
 
 
 @blueprint.get("/exports/<name>")

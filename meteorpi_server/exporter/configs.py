@@ -31,10 +31,18 @@ def clip(text: str) -> str:
     return text if len(text) <= ERROR_TEXT_LIMIT else text[:ERROR_TEXT_LIMIT - 3] + "..."
 
 
+# Names that are paths of the API under /exports/ (GET /exports/status), which a
+# configuration of that name could not be shown at.
+RESERVED_NAMES = frozenset({"status"})
+
+
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValidationError("name", "must be 1-255 letters, digits, '.', '_' or '-', "
                                       "starting with a letter or digit")
+    if name in RESERVED_NAMES:
+        raise ValidationError("name", f"'{name}' is reserved (GET /exports/{name} is "
+                                      "the status of every configuration); choose another")
     return name
 
 
@@ -68,6 +76,9 @@ class ExportView:
     last_error_at: int | None
     lease_owner: str | None
     lease_expires_at: int | None
+    entities_sent: int = 0
+    files_sent: int = 0
+    bytes_sent: int = 0
 
     @property
     def name(self) -> str:
@@ -108,6 +119,8 @@ class ExportView:
             last_success_at=self.last_success_at,
             last_error=self.last_error,
             last_error_at=self.last_error_at,
+            sent={"entities": self.entities_sent, "files": self.files_sent,
+                  "bytes": self.bytes_sent},
         )
         return data
 
@@ -126,7 +139,9 @@ def view_from_row(row: ExportConfigRow) -> ExportView:
         consecutive_failures=row.consecutive_failures, next_attempt_at=row.next_attempt_at,
         disabled_reason=row.disabled_reason, last_success_at=row.last_success_at,
         last_error=row.last_error, last_error_at=row.last_error_at,
-        lease_owner=row.lease_owner, lease_expires_at=row.lease_expires_at)
+        lease_owner=row.lease_owner, lease_expires_at=row.lease_expires_at,
+        entities_sent=row.entities_sent or 0, files_sent=row.files_sent or 0,
+        bytes_sent=row.bytes_sent or 0)
 
 
 def _search_document(search: EventSearch | FileSearch) -> dict:

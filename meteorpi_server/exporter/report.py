@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..storage.node_activity import iso
+from ..storage.orm import ExportTaskRow
 from ..storage.store import now_ms
 from . import configs, tasks
 from .configs import ExportView
@@ -34,6 +37,67 @@ def gather(session: Session, name: str | None = None) -> list[ConfigStatus]:
     views = [configs.get(session, name)] if name is not None else configs.list_views(session)
     counts = tasks.counts_by_state(session)
     return [ConfigStatus(view, **counts.get(view.config_id, {})) for view in views]
+
+
+def replication_status(session: Session, now_ms: int) -> list[dict]:
+    """Every configuration's replication state as data (``GET /exports/status``, and the
+    metrics' per-configuration gauges), in two queries however many tasks there are.
+
+    ``state`` is ``disabled`` (``disabled_reason`` says why), ``running`` (an exporter
+    holds a live claim on it: ``lease_owner``, ``lease_expires_at``), ``backing_off``
+    (after failures, ``until`` the next attempt) or ``idle``; the keys of the other
+    states are null. ``sent`` counts what the target confirmed over the configuration's
+    life. Times are ISO 8601 (UTC) with a ``_ms`` twin.
+    """
+    backlog: dict = {}
+    for config_id, state, count in session.execute(
+            select(ExportTaskRow.config_id, ExportTaskRow.state, func.count())
+            .where(ExportTaskRow.state.in_((tasks.PENDING, tasks.FAILED)))
+            .group_by(ExportTaskRow.config_id, ExportTaskRow.state)):
+        backlog.setdefault(config_id, {})[state] = count
+    statuses = []
+    for view in configs.list_views(session):
+        counts = backlog.get(view.config_id, {})
+        statuses.append(_status_of(view, now_ms, counts.get(tasks.PENDING, 0),
+                                   counts.get(tasks.FAILED, 0)))
+    return statuses
+
+
+def _state_of(view: ExportView, now: int) -> str:
+    if not view.configuration.enabled:
+        return "disabled"
+    if view.lease_owner is not None and (view.lease_expires_at or 0) > now:
+        return "running"
+    if view.consecutive_failures and view.next_attempt_at > now:
+        return "backing_off"
+    return "idle"
+
+
+def _times(name: str, ms: int | None) -> dict:
+    return {name: iso(ms), f"{name}_ms": ms}
+
+
+def _status_of(view: ExportView, now: int, pending: int, failed: int) -> dict:
+    state = _state_of(view, now)
+    return {
+        "name": view.name,
+        "target_url": view.configuration.target_url,
+        "state": state,
+        **_times("until", view.next_attempt_at if state == "backing_off" else None),
+        "disabled_reason": view.disabled_reason if state == "disabled" else None,
+        "lease_owner": view.lease_owner if state == "running" else None,
+        **_times("lease_expires_at", view.lease_expires_at if state == "running" else None),
+        # Nothing is marked before the target has said who it is (see marking.py).
+        "backlog": {"pending": pending, "failed": failed,
+                    "counted": view.target_checked_at is not None},
+        **_times("last_success_at", view.last_success_at),
+        "last_error": view.last_error,
+        **_times("last_error_at", view.last_error_at),
+        **_times("next_attempt_at", view.next_attempt_at or None),
+        "consecutive_failures": view.consecutive_failures,
+        "sent": {"entities": view.entities_sent, "files": view.files_sent,
+                 "bytes": view.bytes_sent},
+    }
 
 
 def _when(ms: int | None, now: int) -> str:

@@ -426,7 +426,11 @@ class Exporter:
                 raise _Stopped from error
             self._target_failed(row, summary, describe_target_error(error), needs_a_person(error))
             return False
-        _count_uploads(stats.files_uploaded, stats.bytes_uploaded, summary, batch)
+        # Entities the sender fell back to the legacy handshake for count their own
+        # uploads (the batch's stats do not).
+        _count_uploads(stats.files_uploaded + sum(r.files_uploaded for r in results.values()),
+                       stats.bytes_uploaded + sum(r.bytes_uploaded for r in results.values()),
+                       summary, batch)
         # After a stop some entities have no result: they were not sent, and stay pending
         # as they were.
         pending = [(task, entity) for task, entity in pending if entity.id in results]
@@ -434,6 +438,12 @@ class Exporter:
         with self.database.write() as session:  # one commit for the batch's confirmations
             for task, _ in completed:
                 tasks.complete(session, task)
+            # (an entity refused after a fallback to the legacy handshake has its uploads
+            # counted where its refusal is recorded)
+            tasks.note_sent(
+                session, row.config_id, len(completed),
+                stats.files_uploaded + sum(results[e.id].files_uploaded for _, e in completed),
+                stats.bytes_uploaded + sum(results[e.id].bytes_uploaded for _, e in completed))
         for _, entity in completed:
             summary.entities_sent += 1
             batch.complete += 1
@@ -451,6 +461,8 @@ class Exporter:
         if result.ok:
             with self.database.write() as session:
                 tasks.complete(session, task)
+                tasks.note_sent(session, row.config_id, 1, result.files_uploaded,
+                                result.bytes_uploaded)
             summary.entities_sent += 1
             batch.complete += 1
             self.reporter.entity_done(row.name, True, size)
@@ -463,6 +475,9 @@ class Exporter:
         with self.database.write() as session:
             state = tasks.refuse(session, task, reason, self.settings.backoff,
                                  self.settings.max_failures)
+            # Files it took before refusing the record were sent all the same.
+            tasks.note_sent(session, row.config_id, 0, result.files_uploaded,
+                            result.bytes_uploaded)
         log.info("export %s: %s%s", row.name, reason,
                  "; gave up on it (meteorpi export retry sends it again)" if state == tasks.FAILED else "")
         summary.refused += 1

@@ -123,6 +123,20 @@ def note_target_success(session: Session, config_id: uuid.UUID, now: int | None 
         .values(consecutive_failures=0, next_attempt_at=0, last_success_at=now))
 
 
+def note_sent(session: Session, config_id: uuid.UUID, entities: int = 0, files: int = 0,
+              size: int = 0) -> None:
+    """Add to the configuration's counters what the target took: ``entities`` it confirmed,
+    ``files`` and their bytes (``size``) uploaded. Called in the transaction that records
+    the outcome, so the counters never disagree with the tasks."""
+    if not (entities or files or size):
+        return
+    session.execute(
+        update(ExportConfigRow).where(ExportConfigRow.config_id == config_id)
+        .values(entities_sent=ExportConfigRow.entities_sent + entities,
+                files_sent=ExportConfigRow.files_sent + files,
+                bytes_sent=ExportConfigRow.bytes_sent + size))
+
+
 def note_target_failure(session: Session, config_id: uuid.UUID, reason: str, backoff: Backoff,
                         max_failures: int, needs_a_person: bool = False,
                         now: int | None = None) -> tuple[int, bool]:
