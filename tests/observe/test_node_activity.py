@@ -1,0 +1,145 @@
+"""Which nodes import here: NodeActivityLog.record and list_nodes, and GET /imports/nodes."""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from conftest import free_port
+from sqlalchemy import select
+
+from meteorpi_server.storage.db import Database
+from meteorpi_server.storage.node_activity import (
+    HOUR_MS,
+    MD5_MISMATCH,
+    REFUSED,
+    NodeActivityLog,
+    hour_of,
+    list_nodes,
+)
+from meteorpi_server.storage.orm import NodeActivityHourRow
+
+# Half past an hour, so "24 hours ago" falls inside an hour bucket, not on its edge.
+NOW = 1_796_000_000_000 - 1_796_000_000_000 % HOUR_MS + HOUR_MS // 2
+ORIGIN = uuid.UUID("0123456789abcdef0123456789abcdef")
+
+
+def nodes(services, now=NOW) -> dict[str, dict]:
+    with services.database.read() as session:
+        return {node.user: node.to_dict() for node in list_nodes(session, now)}
+
+
+def test_records_totals_times_origin_and_the_last_problem(services):
+    log = NodeActivityLog(services.database)
+    log.record("school-1", ORIGIN, entities=3, bytes_received=1000, now_ms=NOW - 5000)
+    log.record("school-1", ORIGIN, problem="event 12ab: the target answered failed: no",
+               problem_kind=REFUSED, now_ms=NOW - 4000)
+    log.record("school-1", ORIGIN, entities=2, bytes_received=500, now_ms=NOW - 3000)
+    log.record("legacy-node", None, entities=1, now_ms=NOW - 10_000)
+
+    listed = nodes(services)
+    assert list(listed) == ["school-1", "legacy-node"]  # most recent first
+    school = listed["school-1"]
+    assert school["origin_server"] == ORIGIN.hex
+    assert school["first_import_at_ms"] == NOW - 5000
+    assert school["last_import_at_ms"] == NOW - 3000
+    assert school["total"] == {"entities": 5, "bytes": 1500}
+    assert school["last_24h"] == {"entities": 5, "bytes": 1500}
+    # A later success does not hide the last problem: it stays, with its time.
+    assert school["last_problem"] == {
+        "kind": "refused", "message": "event 12ab: the target answered failed: no",
+        "at": school["last_problem"]["at"], "at_ms": NOW - 4000}
+    assert school["last_problem"]["at"].endswith("Z")
+    legacy = listed["legacy-node"]
+    assert legacy["origin_server"] is None and legacy["last_problem"] is None
+    assert legacy["first_import_at"] == legacy["last_import_at"]
+
+    # A newer problem replaces it; one recorded late with an older time does not.
+    log.record("school-1", ORIGIN, problem="file 99: md5 did not match",
+               problem_kind=MD5_MISMATCH, now_ms=NOW - 1000)
+    log.record("school-1", ORIGIN, problem="older", problem_kind=REFUSED, now_ms=NOW - 2000)
+    problem = nodes(services)["school-1"]["last_problem"]
+    assert (problem["kind"], problem["message"], problem["at_ms"]) == (
+        "md5_mismatch", "file 99: md5 did not match", NOW - 1000)
+    # ... and an import that came in late keeps first and last import times right.
+    assert nodes(services)["school-1"]["last_import_at_ms"] == NOW - 1000
+
+
+def test_the_last_24_hours_are_the_current_hour_and_the_23_before(services):
+    log = NodeActivityLog(services.database)
+    log.record("node", ORIGIN, entities=1, bytes_received=10, now_ms=NOW - 25 * HOUR_MS)
+    log.record("node", ORIGIN, entities=2, bytes_received=20, now_ms=NOW - 24 * HOUR_MS)
+    log.record("node", ORIGIN, entities=4, bytes_received=40, now_ms=NOW - 23 * HOUR_MS)
+    log.record("node", ORIGIN, entities=8, bytes_received=80, now_ms=NOW)
+    node = nodes(services)["node"]
+    assert node["last_24h"] == {"entities": 12, "bytes": 120}
+    assert node["total"] == {"entities": 15, "bytes": 150}
+    # An hour later, the bucket of 23 hours ago has left the window too.
+    assert nodes(services, NOW + HOUR_MS)["node"]["last_24h"] == {"entities": 8, "bytes": 80}
+
+
+def test_hours_older_than_eight_days_are_pruned_when_a_new_hour_begins(services):
+    first = NodeActivityLog(services.database)
+    first.record("node", ORIGIN, entities=1, now_ms=NOW - 9 * 24 * HOUR_MS)
+    first.record("node", ORIGIN, entities=1, now_ms=NOW - 7 * 24 * HOUR_MS)
+    with services.database.read() as session:
+        assert len(session.scalars(select(NodeActivityHourRow.hour_start)).all()) == 2
+    NodeActivityLog(services.database).record("node", ORIGIN, entities=1, now_ms=NOW)  # later
+    with services.database.read() as session:
+        hours = sorted(session.scalars(select(NodeActivityHourRow.hour_start)))
+    assert hours == [hour_of(NOW - 7 * 24 * HOUR_MS), hour_of(NOW)]
+    assert nodes(services)["node"]["total"]["entities"] == 3  # totals are kept
+
+
+def test_two_workers_recording_the_same_user_at_once_lose_nothing(services, settings):
+    rounds, workers = 150, 2
+    # Each worker has its own engine, as gunicorn workers do.
+    databases = [Database(settings["database_url"]) for _ in range(workers)]
+    start = threading.Barrier(workers)
+    errors = []
+
+    def work(database: Database) -> None:
+        log = NodeActivityLog(database)
+        try:
+            start.wait()
+            for _ in range(rounds):
+                log.record("busy-node", ORIGIN, entities=1, bytes_received=3, now_ms=NOW)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(database,)) for database in databases]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+    finally:
+        for database in databases:
+            database.dispose()
+    assert not errors
+    node = nodes(services)["busy-node"]
+    assert node["total"] == {"entities": rounds * workers, "bytes": 3 * rounds * workers}
+    assert node["last_24h"] == node["total"]
+
+
+def test_a_failure_to_record_is_logged_and_never_raised(tmp_path, caplog):
+    database = Database(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere")
+    try:
+        with caplog.at_level(logging.ERROR, logger="meteorpi.node_activity"):
+            NodeActivityLog(database).record("node", ORIGIN, entities=1)
+    finally:
+        database.dispose()
+    assert "could not record the import activity of user node" in caplog.text
+
+
+def test_the_route_lists_nodes_for_camera_admins_only(services, client, make_user):
+    NodeActivityLog(services.database).record("school-1", ORIGIN, entities=2, bytes_received=9)
+    assert client.get("/imports/nodes").status_code == 401
+    response = client.get("/imports/nodes", auth=make_user("reader", "user", "import"))
+    assert response.status_code == 403
+    assert response.get_json()["role"] == "camera_admin"
+    response = client.get("/imports/nodes", auth=make_user("admin", "camera_admin"))
+    assert response.status_code == 200
+    (node,) = response.get_json()["nodes"]
+    assert node["user"] == "school-1" and node["origin_server"] == ORIGIN.hex
+    assert node["total"] == node["last_24h"] == {"entities": 2, "bytes": 9}
