@@ -7,6 +7,7 @@ where gunicorn would log five raw attempts a second apart and exit.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Callable
 
@@ -122,5 +123,21 @@ def gunicorn_options(config: Config, listener: socket.socket | None = None,
 
 def run_gunicorn(config: Config, listener: socket.socket | None = None,
                  when_ready: Callable[[], None] | None = None) -> None:
-    """Serve until stopped (SIGTERM, Ctrl-C), on ``listener`` if given (see :func:`listen`)."""
-    GunicornServer(config, gunicorn_options(config, listener, when_ready)).run()
+    """Serve until stopped (SIGTERM, Ctrl-C), on ``listener`` if given (see :func:`listen`).
+
+    The workers count their metrics in one directory (:mod:`.observe.multiprocess`), made
+    empty before they start and removed when the server stops.
+    """
+    from .observe import multiprocess
+
+    metrics_directory, made = multiprocess.enable()
+    options = gunicorn_options(config, listener, when_ready)
+    options["child_exit"] = lambda _arbiter, worker: multiprocess.worker_exited(worker.pid)
+    arbiter = os.getpid()
+    try:
+        GunicornServer(config, options).run()
+    finally:
+        # A worker leaves gunicorn's run() by SystemExit too, through this very frame (it
+        # was forked inside it): only the arbiter may clear the directory.
+        if os.getpid() == arbiter:
+            multiprocess.disable(metrics_directory, made)

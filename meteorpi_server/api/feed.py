@@ -13,6 +13,7 @@ from typing import Callable
 
 from flask import Blueprint, Response, jsonify, request
 
+from ..observe import metrics
 from ..storage import feed
 from .context import services
 from .errors import ApiError
@@ -61,7 +62,11 @@ def changes():
     latest = params.flag("latest")
     app_services = services()
     wait = min(timeout_ms / 1000, app_services.config.feed_max_wait_seconds)
-    page = feed.wait_for_changes(app_services.database, since, limit, wait, which, latest)
+    if wait:
+        with metrics.OPEN_CONNECTIONS.labels("long_poll").track_inprogress():
+            page = feed.wait_for_changes(app_services.database, since, limit, wait, which, latest)
+    else:
+        page = feed.wait_for_changes(app_services.database, since, limit, 0, which, latest)
     return jsonify({"changes": [change.to_dict() for change in page.changes],
                     "last": page.last, "more": page.more})
 
@@ -105,6 +110,13 @@ def _client_gone_check(environ) -> Callable[[], bool]:
 def change_stream():
     """The changes after ``since`` (or ``Last-Event-ID``) and then each new one as it is
     stored, as Server-Sent Events; a heartbeat comment after each quiet spell."""
+    return event_stream()
+
+
+def event_stream() -> Response:
+    """The reply of :func:`change_stream` to the current request, whose credentials the
+    caller has checked (the status page's stream, which a session authenticates, also
+    answers with it)."""
     params = QueryParameters(request.args, ("since", "types", "camera_id"))
     since = _resume_point(params)
     which = _filter(params)
@@ -120,6 +132,10 @@ def change_stream():
         return time.monotonic() >= deadline or client_gone()
 
     def events():
+        with metrics.OPEN_CONNECTIONS.labels("stream").track_inprogress():
+            yield from changes()
+
+    def changes():
         yield f"retry: {RECONNECT_MS}\n\n"
         for change in feed.follow_changes(app_services.database, since, which, stop=finished,
                                           idle_seconds=config.feed_heartbeat_seconds):

@@ -19,6 +19,9 @@ from typing import Any, Callable, Iterable
 
 #: Where the security module leaves the authenticated user's name for this log.
 USER_KEY = "meteorpi.user"
+#: Where :func:`note_route` leaves the matched route's template (``/exports/<name>``).
+ROUTE_KEY = "meteorpi.route"
+UNMATCHED = "unmatched"
 
 LOGGER_NAME = "meteorpi.requests"
 log = logging.getLogger(LOGGER_NAME)
@@ -38,12 +41,27 @@ def format_line(fields: dict[str, Any], log_format: str) -> str:
     return " ".join(parts)
 
 
-class RequestLog:
-    """WSGI middleware that logs each request once its response is closed."""
+def note_route() -> None:
+    """A Flask before-request hook: keep the route's template for :class:`RequestLog`'s
+    observers (metrics count by template: a path would make a series per file id)."""
+    from flask import request
 
-    def __init__(self, app: Callable, log_format: str = "text"):
+    request.environ[ROUTE_KEY] = request.url_rule.rule if request.url_rule else UNMATCHED
+
+
+#: Told of each finished request: route template, method, status and duration (seconds).
+Observer = Callable[[str, str, int, float], None]
+
+
+class RequestLog:
+    """WSGI middleware that logs each request once its response is closed, and tells
+    ``observers`` (the metrics) of it."""
+
+    def __init__(self, app: Callable, log_format: str = "text",
+                 observers: Iterable[Observer] = ()):
         self.app = app
         self.log_format = log_format
+        self.observers = tuple(observers)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -54,14 +72,18 @@ class RequestLog:
             return start_response(status_line, headers, exc_info)
 
         def write() -> None:
+            seconds = time.perf_counter() - started
             fields = {
                 "method": environ.get("REQUEST_METHOD", ""),
                 "path": environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
                 "status": status[0] if status else 500,
                 "user": environ.get(USER_KEY) or "-",
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                "duration_ms": round(seconds * 1000, 1),
             }
             log.info("%s", format_line(fields, self.log_format))
+            for observe in self.observers:
+                observe(environ.get(ROUTE_KEY, UNMATCHED), fields["method"], fields["status"],
+                        seconds)
 
         try:
             result = self.app(environ, recording_start_response)

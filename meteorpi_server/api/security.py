@@ -12,6 +12,7 @@ from flask import g, request
 from flask_httpauth import HTTPBasicAuth
 
 from ..auth import User
+from ..observe import metrics
 from .context import services
 from .errors import error_response
 from .request_log import USER_KEY
@@ -36,6 +37,7 @@ def _roles(user: User):
 
 @basic_auth.error_handler
 def _auth_error(status: int):
+    metrics.AUTH_FAILURES.labels("unauthorized" if status == 401 else "forbidden").inc()
     if status == 401:
         return error_response(401, "unauthorized",
                               "send HTTP Basic credentials of a user of this server")
@@ -70,24 +72,29 @@ def requires_role(role: str):
     return functools.partial(_needing, role)
 
 
-def requires_read_access():
-    """Decorate a read-only view: users with the ``user`` role reach it, or anyone when
-    the ``read_access`` setting is ``public``.
+def requires_access(setting: str):
+    """Decorate a read-only view whose audience the setting ``setting`` names: ``public``
+    (anyone, without credentials) or a role, whose users reach it.
 
     The setting is read on each request, from the app serving it.
     """
     def decorate(view):
-        protected = _needing("user", view)
-
         @functools.wraps(view)
         def checked(*args, **kwargs):
-            if services().config.read_access == "public":
+            audience = getattr(services().config, setting)
+            if audience == "public":
                 return view(*args, **kwargs)
-            return protected(*args, **kwargs)
+            return _needing(audience, view)(*args, **kwargs)
 
         return checked
 
     return decorate
+
+
+def requires_read_access():
+    """Decorate a read-only view of the records: users with the ``user`` role reach it,
+    or anyone when the ``read_access`` setting is ``public``."""
+    return requires_access("read_access")
 
 
 def current_user() -> User:

@@ -71,10 +71,19 @@ OPEN_CONNECTIONS = Gauge(
     ["kind"], multiprocess_mode="livesum")
 
 
+# Any other method (a client may send anything) is counted as "other": one series each.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """Count one answered HTTP request (called once its response is closed)."""
+    method = method if method in _METHODS else "other"
     HTTP_REQUESTS.labels(route, method, str(status)).inc()
     HTTP_REQUEST_SECONDS.labels(route, method).observe(seconds)
+
+
+#: The states of ``exporter.report.replication_status``.
+EXPORT_STATES = ("idle", "running", "backing_off", "disabled")
 
 
 class ExportCollector(Collector):
@@ -111,7 +120,7 @@ class ExportCollector(Collector):
                                ("bytes", "File bytes"))}
         for status in statuses:
             name = status["name"]
-            for each in report.STATES:
+            for each in EXPORT_STATES:
                 state.add_metric([name, each], 1 if status["state"] == each else 0)
             backlog.add_metric([name, "pending"], status["backlog"]["pending"])
             backlog.add_metric([name, "failed"], status["backlog"]["failed"])
