@@ -1,13 +1,28 @@
 """Which nodes import here: NodeActivityLog.record and list_nodes, and GET /imports/nodes."""
 from __future__ import annotations
 
+import datetime
+import io
 import logging
 import threading
 import uuid
 
-from conftest import free_port
-from sqlalchemy import select
+import pytest
+from conftest import CHEAP_HASH_METHOD, PASSWORD, free_port
+from export_nodes import (  # noqa: F401
+    EXPORT_USER,
+    extra_postgres_databases,
+    make_node,
+    node_database,
+)
+from sqlalchemy import func, select
+from werkzeug.security import generate_password_hash
 
+from meteorpi_model import EventSearch, ExportConfiguration, md5_bytes
+from meteorpi_server.exporter import configs
+from meteorpi_server.node.demo import DemoPlan, generate
+from meteorpi_server.protocol import ORIGIN_HEADER
+from meteorpi_server.storage import store
 from meteorpi_server.storage.db import Database
 from meteorpi_server.storage.node_activity import (
     HOUR_MS,
@@ -17,11 +32,26 @@ from meteorpi_server.storage.node_activity import (
     hour_of,
     list_nodes,
 )
-from meteorpi_server.storage.orm import NodeActivityHourRow
+from meteorpi_server.storage.orm import (
+    FileRecordRow,
+    NodeActivityHourRow,
+    UserRoleRow,
+    UserRow,
+)
 
 # Half past an hour, so "24 hours ago" falls inside an hour bucket, not on its edge.
 NOW = 1_796_000_000_000 - 1_796_000_000_000 % HOUR_MS + HOUR_MS // 2
 ORIGIN = uuid.UUID("0123456789abcdef0123456789abcdef")
+SMALL = DemoPlan(cameras=2, nights=1, events_per_night=3, files_per_event=2, standalone_files=0,
+                 file_size=600, first_night=datetime.date(2026, 11, 1))
+
+
+def make_admin(node) -> tuple[str, str]:
+    with node.services.database.write() as session:
+        session.add(UserRow(name="admin", created_at=0,
+                            password_hash=generate_password_hash(PASSWORD, method=CHEAP_HASH_METHOD),
+                            roles=[UserRoleRow(role="camera_admin")]))
+    return "admin", PASSWORD
 
 
 def nodes(services, now=NOW) -> dict[str, dict]:
@@ -143,3 +173,50 @@ def test_the_route_lists_nodes_for_camera_admins_only(services, client, make_use
     (node,) = response.get_json()["nodes"]
     assert node["user"] == "school-1" and node["origin_server"] == ORIGIN.hex
     assert node["total"] == node["last_24h"] == {"entities": 2, "bytes": 9}
+
+
+# Through the import protocols ---------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", ["v2", "legacy"])
+def test_a_node_that_replicates_here_is_listed_with_what_it_sent(make_node, protocol):
+    source = make_node("school")
+    generate(source.recorder, SMALL)
+    central = make_node("central", 0, batch_protocol=protocol == "v2").serve()
+    configuration = ExportConfiguration(
+        config_id=uuid.uuid4(), name="central", target_url=central.import_url,
+        user_id=EXPORT_USER, password=PASSWORD, search=EventSearch())
+    with source.services.database.write() as session:
+        configs.add(session, configuration)
+    summary = source.exporter().run_once()
+    assert summary.failures == 0 and summary.entities_sent > 0
+
+    admin = make_admin(central)
+    response = central.app.test_client().get("/imports/nodes", auth=admin)
+    assert response.status_code == 200
+    (node,) = response.get_json()["nodes"]
+    with central.services.database.read() as session:
+        stored_bytes = session.scalar(select(func.sum(FileRecordRow.file_size)))
+        records = store.count_rows(session)
+    assert node["user"] == EXPORT_USER
+    assert node["origin_server"] == source.server_id.hex
+    assert node["total"]["bytes"] == stored_bytes > 0
+    # Every event and every status it needed was accepted (files travel inside events).
+    assert node["total"]["entities"] == records["events"] + records["statuses"]
+    assert node["last_24h"] == node["total"]
+    assert node["last_problem"] is None
+    assert node["first_import_at_ms"] <= node["last_import_at_ms"]
+
+
+def test_bytes_that_fail_their_md5_are_the_nodes_last_problem(services, client, exporter_auth):
+    file_id = uuid.uuid4()
+    response = client.post(
+        f"/import/data/{file_id.hex}/{md5_bytes(b'what was promised')}", auth=exporter_auth,
+        headers={ORIGIN_HEADER: ORIGIN.hex},
+        data={"file": (io.BytesIO(b"something else"), "upload.bin")},
+        content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    (node,) = nodes(services, now=None).values()
+    assert node["user"] == exporter_auth[0] and node["origin_server"] == ORIGIN.hex
+    assert node["last_problem"]["kind"] == "md5_mismatch"
+    assert file_id.hex in node["last_problem"]["message"]
+    assert node["total"] == {"entities": 0, "bytes": 0}
