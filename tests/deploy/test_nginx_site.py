@@ -132,15 +132,17 @@ def test_the_sites_body_limits_are_no_stricter_than_the_servers_defaults():
     assert limits["server"] >= default("max_json_bytes")
 
 
-def test_uploads_stream_through_and_the_feed_is_neither_buffered_nor_cut():
+def test_uploads_stream_through_and_the_feeds_are_neither_buffered_nor_cut():
     text = SITE.read_text()
     blocks = dict(re.findall(r"location (\S+) \{(.*?)\}", text, re.DOTALL))
     for route in ("/import/data/", "/import/batch/"):
         assert "proxy_request_buffering off;" in blocks[route]
-    feed = blocks["/changes"]
-    assert "proxy_buffering off;" in feed
-    read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", feed)[1])
-    assert read_timeout > max(default("feed_max_wait_seconds"), default("feed_heartbeat_seconds"))
+    for route in ("/changes", "/status/stream"):
+        feed = blocks[route]
+        assert "proxy_buffering off;" in feed
+        read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", feed)[1])
+        assert read_timeout > max(default("feed_max_wait_seconds"),
+                                  default("feed_heartbeat_seconds"))
 
 
 class _Nginx:
