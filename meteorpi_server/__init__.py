@@ -13,6 +13,7 @@ __all__ = ["create_app", "Config", "load_config"]
 def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     """Build the WSGI app. ``config`` is a Config, a mapping of settings, or None for
     the configuration file and environment (see :func:`load_config`)."""
+    from . import web
     from .api import batch, cameras, downloads, errors, exports, feed, health, importer, search
     from .api import replication
     from .api.context import EXTENSION
@@ -37,6 +38,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(exports.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(replication.blueprint)
+    app.register_blueprint(web.blueprint)
     app.wsgi_app = RequestLog(app.wsgi_app, config.log_format)
 
     return app

@@ -13,6 +13,21 @@ from meteorpi_server.storage.orm import UserRow
 READ_ONLY = {"GET", "HEAD", "OPTIONS"}
 # Routes that are deliberately open to anyone (read-only ones only).
 PUBLIC_ROUTES = {"/health", "/health/ready"}
+# The status page (meteorpi_server/web) is for people in a browser: they log in through a
+# form and carry a session cookie, not HTTP Basic credentials (an EventSource cannot send
+# them). Its refusals are 401s without a Basic challenge, which would make the browser pop
+# up its own password prompt, and the page itself redirects to the login form.
+STATUS_PAGE = "/status"
+# Status page routes open to anyone: "/", which only points at the page; the login form
+# (no data); the page's CSS and script.
+PUBLIC_PAGE_ROUTES = {"/", "/status/login", "/status/static/<path:filename>"}
+# The one write route that answers without credentials, by nature: it is where they are
+# given. It refuses any POST without its form's CSRF token (tests/web/test_status_page.py).
+LOGIN_ROUTE = "/status/login"
+
+
+def is_status_page_route(rule: str) -> bool:
+    return rule == STATUS_PAGE or rule.startswith(STATUS_PAGE + "/")
 
 
 def write_routes(app):
@@ -32,16 +47,27 @@ def test_the_app_has_write_routes_to_check(app):
 def test_every_write_route_refuses_requests_without_credentials(app, client):
     for method, rule, url in write_routes(app):
         response = client.open(url, method=method, json={})
+        if rule == LOGIN_ROUTE:
+            assert response.status_code == 400, f"{method} {rule} took a form without its token"
+            assert client.get("/status/data").status_code == 401  # and logged nobody in
+            continue
         assert response.status_code == 401, f"{method} {rule} answered without credentials"
-        assert response.headers["WWW-Authenticate"].startswith("Basic")
         assert response.get_json()["error"] == "unauthorized"
+        if not is_status_page_route(rule):
+            assert response.headers["WWW-Authenticate"].startswith("Basic")
 
 
 def test_every_write_route_refuses_a_user_without_a_role(app, client, make_user):
     nobody = make_user("nobody")
     for method, rule, url in write_routes(app):
         response = client.open(url, method=method, json={}, auth=nobody)
-        assert response.status_code == 403, f"{method} {rule} answered a user with no roles"
+        if rule == LOGIN_ROUTE:
+            assert response.status_code == 400, f"{method} {rule} took a form without its token"
+        elif is_status_page_route(rule):
+            # Basic credentials are no session: the route does not take them at all.
+            assert response.status_code == 401, f"{method} {rule} answered Basic credentials"
+        else:
+            assert response.status_code == 403, f"{method} {rule} answered a user with no roles"
 
 
 def test_only_known_public_routes_answer_without_credentials(app, client, services):
@@ -49,12 +75,20 @@ def test_only_known_public_routes_answer_without_credentials(app, client, servic
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static" or not (rule.methods or set()) & {"GET"}:
             continue
-        if rule.rule in PUBLIC_ROUTES:
+        if rule.rule in PUBLIC_ROUTES or rule.rule in PUBLIC_PAGE_ROUTES:
             continue
         # Credentials are checked before anything is looked up, so ids that name nothing
         # are still refused with 401 (a 404 would tell a stranger what does not exist).
         url = rule.build({name: uuid.uuid4().hex for name in rule.arguments})[1]
         response = client.get(url)
+        if rule.rule == STATUS_PAGE:
+            assert response.status_code == 302, f"GET {rule.rule} answered {response.status_code}"
+            assert response.headers["Location"] == LOGIN_ROUTE
+            continue
+        if is_status_page_route(rule.rule):
+            assert response.status_code == 401, f"GET {rule.rule} answered {response.status_code}"
+            assert response.get_json()["error"] == "unauthorized"
+            continue
         assert response.status_code == 401, f"GET {rule.rule} answered {response.status_code}"
         assert response.headers["WWW-Authenticate"].startswith("Basic")
 
