@@ -15,9 +15,10 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     the configuration file and environment (see :func:`load_config`)."""
     from . import web
     from .api import batch, cameras, downloads, errors, exports, feed, health, importer, search
-    from .api import replication
+    from .api import metrics, replication
     from .api.context import EXTENSION
-    from .api.request_log import RequestLog
+    from .api.request_log import RequestLog, note_route
+    from .observe.metrics import observe_request
     from .services import Services
 
     if config is None:
@@ -38,7 +39,9 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(exports.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(replication.blueprint)
+    app.register_blueprint(metrics.blueprint)
     app.register_blueprint(web.blueprint)
-    app.wsgi_app = RequestLog(app.wsgi_app, config.log_format)
+    app.before_request(note_route)
+    app.wsgi_app = RequestLog(app.wsgi_app, config.log_format, observers=[observe_request])
 
     return app
