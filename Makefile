@@ -20,7 +20,7 @@ NODE_PORT ?= 8101
 CENTRAL_PORT ?= 8102
 DEMO_DATA_ARGS ?= --cameras 3 --nights 2 --events-per-night 15 --files-per-event 3 --standalone-files 4 --file-size 256KiB
 
-.PHONY: run test test-fast bench install clean demo demo-serve
+.PHONY: run test test-fast bench install clean demo demo-serve browser browser-if-possible
 
 # The venv is rebuilt when the dependencies change.
 $(BIN)/.installed: setup.cfg pyproject.toml
@@ -35,8 +35,30 @@ run: install
 	$(BIN)/meteorpi db upgrade
 	$(BIN)/meteorpi serve $(SERVE_ARGS)
 
+# Chromium and ChromeDriver (Debian packages) for the status page's browser test, which is
+# skipped without them (CI sets METEORPI_REQUIRE_BROWSER=1 to make that a failure).
+HAVE_BROWSER = command -v chromium >/dev/null && command -v chromedriver >/dev/null
+browser:
+	@if $(HAVE_BROWSER); then echo "chromium and chromedriver are installed"; else \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
+
+# make test installs them when it can do so unattended (apt-get, and root or sudo without a
+# password); otherwise it says so and goes on, and the browser test is skipped.
+browser-if-possible:
+	@if $(HAVE_BROWSER); then :; \
+	elif command -v apt-get >/dev/null && { [ "$$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; }; then \
+		$(MAKE) --no-print-directory browser || \
+			echo "note: installing chromium failed; the browser test will be skipped" >&2; \
+	else \
+		echo "note: no chromium/chromedriver (and no root or passwordless sudo to install them):" \
+			"the browser test will be skipped; 'make browser' installs them" >&2; \
+	fi
+
 # The ten slowest tests are listed at the end, to keep an eye on the suite's speed.
-test: install
+test: install browser-if-possible
 	$(BIN)/python -m pytest $(PYTEST_XDIST) --durations=10 $(PYTEST_ARGS)
 
 test-fast: install
