@@ -51,7 +51,11 @@ def _find(*names: str) -> str | None:
 @pytest.fixture
 def browser(tmp_path):
     """Headless Chromium under selenium."""
-    webdriver = pytest.importorskip("selenium.webdriver")
+    if REQUIRE_BROWSER:
+        from selenium import webdriver
+    else:
+        webdriver = pytest.importorskip("selenium.webdriver", reason=f"selenium missing: pip "
+                                        "install -e '.[test]'")
     chromium = _find("chromium", "chromium-browser", "google-chrome")
     driver_path = _find("chromedriver")
     if chromium is None or driver_path is None:
