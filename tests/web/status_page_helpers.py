@@ -3,6 +3,7 @@ real images (the page shows thumbnails of them)."""
 from __future__ import annotations
 
 import io
+import random
 import re
 import struct
 import uuid
@@ -10,7 +11,7 @@ import zlib
 from pathlib import Path
 
 import factories
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from meteorpi_model import NSString
 from meteorpi_server.node.recording import Recorder
@@ -31,11 +32,17 @@ def log_in(client, name: str, password: str):
                                               "csrf_token": csrf_token(client)})
 
 
-def png(width: int = 800, height: int = 600, colour=(20, 30, 60)) -> bytes:
-    """A real PNG image."""
-    out = io.BytesIO()
+def png(width: int = 800, height: int = 600, colour=(20, 30, 60), seed: int = 0) -> bytes:
+    """A real PNG image: a night sky with stars and a meteor's trail."""
+    rng = random.Random(seed)
     image = Image.new("RGB", (width, height), colour)
-    image.paste((250, 250, 210), (width // 3, height // 3, width // 3 + width // 8, height // 3 + 4))
+    draw = ImageDraw.Draw(image)
+    for _ in range(width * height // 2000):
+        x, y, level = rng.randrange(width), rng.randrange(height), rng.randrange(90, 256)
+        draw.point((x, y), fill=(level, level, level))
+    x, y = rng.randrange(width // 4, width * 3 // 4), rng.randrange(height // 5, height // 2)
+    draw.line((x, y, x + width // 5, y + height // 7), fill=(245, 245, 220), width=2)
+    out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
 

@@ -68,7 +68,7 @@ def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1440,1700", "--hide-scrollbars",
+                     "--window-size=1440,2000", "--hide-scrollbars",
                      f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options,
