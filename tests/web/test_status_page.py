@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import sys
+import threading
 import uuid
 import zlib
 from pathlib import Path
@@ -14,6 +15,7 @@ import factories
 import pytest
 from PIL import Image
 from protocol import ProtocolClient
+from sqlalchemy import delete, func, select
 
 sys.path.insert(0, str(Path(__file__).parent))
 from status_page_helpers import csrf_token, log_in, png_declaring, record_event  # noqa: E402
@@ -22,7 +24,7 @@ from meteorpi_model import EventSearch, ExportConfiguration  # noqa: E402
 from meteorpi_server import create_app  # noqa: E402
 from meteorpi_server.config import Config  # noqa: E402
 from meteorpi_server.exporter import configs  # noqa: E402
-from meteorpi_server.storage.orm import UserRow  # noqa: E402
+from meteorpi_server.storage.orm import ServerInfoRow, UserRow  # noqa: E402
 from meteorpi_server.web import thumbnails  # noqa: E402
 from meteorpi_server.web.session_secret import session_secret  # noqa: E402
 
@@ -194,6 +196,27 @@ def test_every_worker_and_restart_signs_sessions_with_the_same_key(settings, cli
     finally:
         other.extensions["meteorpi"].database.dispose()
     assert session_secret(services.database) == session_secret(services.database)
+
+
+def test_two_workers_making_the_session_key_at_once_agree_on_one(services):
+    with services.database.write() as session:
+        session.execute(delete(ServerInfoRow).where(ServerInfoRow.name == "session_secret"))
+    start = threading.Barrier(4)
+    keys = []
+
+    def worker():
+        start.wait()
+        keys.append(session_secret(services.database))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(keys) == 4 and len(set(keys)) == 1
+    with services.database.read() as session:
+        assert session.scalar(select(func.count()).select_from(ServerInfoRow)
+                              .where(ServerInfoRow.name == "session_secret")) == 1
 
 
 # The page's data -------------------------------------------------------------------------
