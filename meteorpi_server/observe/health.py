@@ -141,18 +141,18 @@ def _database_checks(database: Database, timeout: float) -> tuple[Check, Check]:
             except Exception as error:  # any failure means "does not answer"
                 outcome["error"] = error
 
-        probe.running = threading.Thread(target=run, name="health-database", daemon=True)
-        probe.started = time.monotonic()
-        probe.running.start()
+        thread = threading.Thread(target=run, name="health-database", daemon=True)
+        probe.running, probe.started = thread, time.monotonic()
+        thread.start()
     started = time.monotonic()
-    probe.running.join(timeout)
+    thread.join(timeout)
     elapsed_ms = (time.monotonic() - started) * 1000
     if "error" in outcome:
         error = outcome["error"]
         error = getattr(error, "orig", None) or error  # the driver's words, not SQLAlchemy's
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        reason = (f"the database {where} cannot be reached: {type(error).__name__}: "
-                  f"{first_line}; check that it is running, and database_url")
+        reason = (f"the database {where} could not be queried: {type(error).__name__}: "
+                  f"{first_line}; check that it is running and reachable, and database_url")
         return Check("database", False, reason), _unknown_schema()
     if "revision" not in outcome:
         reason = (f"the database {where} did not answer a query within {timeout:g} s; check "

@@ -72,7 +72,7 @@ def test_ready_fails_naming_the_database_when_it_cannot_be_reached(tmp_path):
     assert body["status"] == "failing"
     assert failing(body) == {"database", "schema"}  # the schema cannot be read either
     reason = checks(body)["database"]["reason"]
-    assert f"127.0.0.1:{port}/nowhere cannot be reached" in reason
+    assert f"127.0.0.1:{port}/nowhere could not be queried: " in reason
     assert "refused" in reason.lower()
     assert checks(body)["schema"]["reason"] == "not checked: the database did not answer"
     assert checks(body)["file_store"]["ok"] and checks(body)["disk_space"]["ok"]
