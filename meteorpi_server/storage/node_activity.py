@@ -128,7 +128,8 @@ class NodeActivityLog:
                                          new.first_import_at), else_=table.first_import_at),
                 "last_import_at": case((new.last_import_at > table.last_import_at,
                                         new.last_import_at), else_=table.last_import_at),
-                "origin_server": new.origin_server,
+                # Uploads do not carry the origin header: they keep the one announced.
+                "origin_server": func.coalesce(new.origin_server, table.origin_server),
                 "entities_total": table.entities_total + new.entities_total,
                 "bytes_total": table.bytes_total + new.bytes_total,
                 "problem_kind": case((has_problem, new.problem_kind), else_=table.problem_kind),

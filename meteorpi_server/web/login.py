@@ -28,6 +28,7 @@ from wtforms.validators import InputRequired, Length
 from ..api.context import services
 from ..api.request_log import USER_KEY
 from ..auth import MAX_NAME_LENGTH
+from ..observe import metrics
 from ..storage.orm import UserRoleRow, UserRow
 from .session_secret import session_secret
 
@@ -107,8 +108,10 @@ def log_in(name: str, password: str) -> None:
     """Start a session for the user, or raise LoginRefused."""
     user = services().users.authenticate(name, password)
     if user is None:
+        metrics.AUTH_FAILURES.labels("login").inc()
         raise LoginRefused("wrong user name or password")
     if ROLE not in user.roles:
+        metrics.AUTH_FAILURES.labels("login").inc()
         raise LoginRefused(f"user {name} may not see this page: it needs the role '{ROLE}'")
     account = _account(name)
     if account is None:  # removed in the meantime

@@ -247,3 +247,4 @@ def test_each_export_configuration_has_its_gauges_read_from_the_database(client,
     assert found.value("meteorpi_export_last_success_timestamp_seconds", config="central") == 0
     for kind in ("entities", "files", "bytes"):
         assert found.labels(f"meteorpi_export_sent_{kind}_total", "config") == {"central"}
+

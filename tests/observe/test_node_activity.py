@@ -220,3 +220,14 @@ def test_bytes_that_fail_their_md5_are_the_nodes_last_problem(services, client, 
     assert node["last_problem"]["kind"] == "md5_mismatch"
     assert file_id.hex in node["last_problem"]["message"]
     assert node["total"] == {"entities": 0, "bytes": 0}
+
+
+def test_an_upload_without_the_origin_header_keeps_the_origin_announced(services):
+    # Resumable uploads and bundles carry no Meteorpi-Origin header.
+    log = NodeActivityLog(services.database)
+    origin = uuid.uuid4()
+    log.record("node1", origin, entities=1)
+    log.record("node1", None, bytes_received=10)
+    with services.database.read() as session:
+        [node] = list_nodes(session, store.now_ms())
+    assert node.origin_server == origin

@@ -317,3 +317,11 @@ def test_an_image_that_cannot_be_read_is_a_clear_422_every_time(logged_in, servi
 def test_a_thumbnail_of_no_file_is_a_404(logged_in):
     assert logged_in.get("/status/thumbnails/0123456789abcdef0123456789abcdef.jpg").status_code == 404
     assert logged_in.get("/status/thumbnails/not-an-id.jpg").status_code == 404
+
+
+def test_a_failed_login_is_counted_in_the_metrics(client, viewer):
+    from scrapes import scrape
+
+    before = scrape(client).value("meteorpi_auth_failures_total", reason="login")
+    assert log_in(client, viewer[0], "not the password").status_code == 401
+    assert scrape(client).value("meteorpi_auth_failures_total", reason="login") == before + 1
