@@ -197,6 +197,8 @@ def format_status(statuses: list[ConfigStatus]) -> str:
         lines = [f"{view.name} -> {view.configuration.target_url}",
                  f"  state:        {state}",
                  f"  backlog:      {tasks_text}",
+                 f"  sent:         {view.entities_sent} entities, {view.files_sent} files "
+                 f"({format_bytes(view.bytes_sent)})",
                  f"  last success: {_when(view.last_success_at, now)}"]
         if view.last_error:
             lines.append(f"  last error:   {view.last_error} ({_when(view.last_error_at, now)})")

@@ -97,6 +97,10 @@ def test_sent_counters_after_a_real_replication(make_node, tmp_path, protocol):
     assert event_files == events * SMALL.files_per_event and event_bytes > 0
     # The target holds what the counters say it took.
     assert target.counts()["files"] == event_files + frames
+    # meteorpi export status says the same on the node's shell.
+    with source.services.database.read() as session:
+        text = report.format_status(report.gather(session))
+    assert f"sent:         {events} entities, {event_files} files" in text
     for entry in after.values():
         assert entry["state"] == "idle"
         assert entry["backlog"] == {"pending": 0, "failed": 0, "counted": True}
