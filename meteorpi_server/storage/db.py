@@ -6,6 +6,7 @@ and gunicorn workers each build their own.
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -13,7 +14,15 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+def _migrations_dir() -> Path:
+    """``migrations/`` of the source tree this package runs from, or else the copy an
+    installed (not editable) package keeps under its environment's prefix."""
+    source_tree = Path(__file__).resolve().parents[2] / "migrations"
+    installed = Path(sys.prefix) / "share" / "meteorpi" / "migrations"
+    return source_tree if (source_tree / "env.py").exists() or not installed.exists() else installed
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 class SchemaError(RuntimeError):
@@ -97,8 +106,8 @@ class Database:
 
         if not (MIGRATIONS_DIR / "env.py").exists():
             raise SchemaError(
-                f"migrations not found at {MIGRATIONS_DIR}; install meteorpi from a source "
-                "checkout with 'pip install -e .'")
+                f"migrations not found at {MIGRATIONS_DIR}; reinstall meteorpi from its "
+                "source tree (pip install /path/to/meteorpi)")
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         config.attributes["connection"] = connection
