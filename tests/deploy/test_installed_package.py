@@ -29,8 +29,10 @@ def installed(tmp_path_factory) -> Path:
     [wheel] = (work / "dist").glob("meteorpi-*.whl")
     environment = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)
+    # --ignore-installed: else pip, finding meteorpi (editable) in the environment it runs
+    # from, would uninstall it there first.
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--prefix", str(environment), str(wheel)], check=True)
+                    "--ignore-installed", "--prefix", str(environment), str(wheel)], check=True)
     site_packages = Path(subprocess.run(
         [str(environment / "bin" / "python"), "-c",
          "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -42,6 +44,12 @@ def installed(tmp_path_factory) -> Path:
 def run(environment: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(environment / "bin" / "python"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_installing_elsewhere_leaves_the_test_environment_alone(installed, tmp_path):
+    found = subprocess.run([sys.executable, "-m", "pip", "show", "--files", "meteorpi"],
+                           capture_output=True, text=True)
+    assert found.returncode == 0, "the test environment lost its meteorpi"
 
 
 def test_an_installed_package_runs_from_its_own_files_not_the_source_tree(installed, tmp_path):
