@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/batch_replication.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/import_activity.py
 
 # Two servers on loopback: a camera node fills up with demo data and replicates it to a
 # central server while you watch; it then says where to look. On a terminal the servers

@@ -22,6 +22,9 @@ from .storage.node_activity import NodeActivityLog
 
 log = logging.getLogger("meteorpi.server")
 
+#: How often each worker writes its per-node import figures (GET /imports/nodes).
+NODE_ACTIVITY_FLUSH_SECONDS = 1.0
+
 
 def load_receiver_class(spec: str) -> type[BaseImportReceiver]:
     """Import ``module:Class`` and check that it is a BaseImportReceiver."""
@@ -47,6 +50,7 @@ class Services:
     uploads: ResumableUploads
     sweep: PeriodicSweep
     batch: BatchImporter | None
+    activity: ImportActivity
 
     _server_id: uuid.UUID | None = None
 
@@ -84,7 +88,7 @@ class Services:
         users = Users(database, VerificationCache(config.auth_cache_size, config.auth_cache_seconds),
                       config.min_password_length)
         receiver = load_receiver_class(config.receiver)(ReceiverContext(config, database, files))
-        activity = ImportActivity(NodeActivityLog(database))
+        activity = ImportActivity(NodeActivityLog(database, flush_seconds=NODE_ACTIVITY_FLUSH_SECONDS))
         importer = Importer(receiver, EntityCache(config.import_cache_size), activity)
         uploads = ResumableUploads(files, receiver, config.max_chunk_bytes, config.max_upload_bytes,
                                    activity)
@@ -98,4 +102,5 @@ class Services:
             log.warning("receiver %s does not take batches (batch_protocol = False): "
                         "exporters will use the legacy protocol, one record at a time",
                         config.receiver)
-        return cls(config, database, files, users, receiver, importer, uploads, sweep, batch)
+        return cls(config, database, files, users, receiver, importer, uploads, sweep, batch,
+                   activity)

@@ -87,6 +87,12 @@ class ImportActivity:
         if count:
             metrics.RESUMABLE_UPLOADS.labels("expired").inc(count)
 
+    def flush(self) -> None:
+        """Write the per-node figures recorded so far now (they are otherwise written
+        within a second)."""
+        if self.nodes is not None:
+            self.nodes.flush()
+
     def _record(self, user: str, origin: uuid.UUID | None, **activity) -> None:
         if self.nodes is None:
             return

@@ -12,11 +12,13 @@ logged and never reaches the import that called it.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 from sqlalchemy import and_, case, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -60,13 +62,55 @@ def _clip(text: str) -> str:
     return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 3] + "..."
 
 
-class NodeActivityLog:
-    """Records imports per user; one per app (its threads share it)."""
+@dataclass
+class _Pending:
+    """What one user sent since the last flush."""
 
-    def __init__(self, database: Database):
+    first: int
+    last: int
+    origin: uuid.UUID | None = None
+    entities: int = 0
+    bytes_received: int = 0
+    problem: tuple[str, str, int] | None = None  # kind, message, time
+    hours: dict[int, list[int]] = field(default_factory=dict)  # hour -> [entities, bytes]
+
+    def add(self, origin, entities, bytes_received, problem, problem_kind, now) -> None:
+        self.first, self.last = min(self.first, now), max(self.last, now)
+        self.origin = origin or self.origin
+        self.entities += entities
+        self.bytes_received += bytes_received
+        if problem is not None:
+            self.problem = (problem_kind or "problem", _clip(problem), now)
+        if entities or bytes_received:
+            counts = self.hours.setdefault(hour_of(now), [0, 0])
+            counts[0] += entities
+            counts[1] += bytes_received
+
+
+def _flush_if_alive(reference: weakref.ref) -> None:
+    log_ = reference()
+    if log_ is not None:
+        log_.flush()
+
+
+class NodeActivityLog:
+    """Records imports per user; one per app (its threads share it).
+
+    With ``flush_seconds`` (the server's: 1 s), records are added up in memory and
+    written together at most that often, in one transaction, so a legacy exporter's
+    request per entity does not cost a second commit; a crash loses at most the last
+    second's figures (never an import). With 0, each record is written at once.
+    """
+
+    def __init__(self, database: Database, flush_seconds: float = 0):
         self.database = database
+        self.flush_seconds = flush_seconds
         self._pruned_hour: int | None = None
         self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._timer: threading.Timer | None = None
+        if flush_seconds:
+            atexit.register(_flush_if_alive, weakref.ref(self))
 
     def record(self, user: str, origin: uuid.UUID | None, *, entities: int = 0,
                bytes_received: int = 0, problem: str | None = None,
@@ -74,14 +118,30 @@ class NodeActivityLog:
         """Note an import by ``user`` (announcing ``origin``): ``entities`` stored and
         ``bytes_received`` of file data, or a ``problem`` (with its ``problem_kind``).
         Never raises: a failure is logged."""
-        try:
-            self._record(user, origin, entities, bytes_received, problem, problem_kind,
-                         _now_ms() if now_ms is None else now_ms)
-        except Exception:
-            log.exception("could not record the import activity of user %s", user)
+        now = _now_ms() if now_ms is None else now_ms
+        with self._lock:
+            pending = self._pending.setdefault(user, _Pending(now, now))
+            pending.add(origin, entities, bytes_received, problem, problem_kind, now)
+            if self.flush_seconds and self._timer is None:
+                self._timer = threading.Timer(self.flush_seconds, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+        if not self.flush_seconds:
+            self.flush()
 
-    def _record(self, user: str, origin: uuid.UUID | None, entities: int, bytes_received: int,
-                problem: str | None, problem_kind: str | None, now: int) -> None:
+    def flush(self) -> None:
+        """Write what was recorded since the last flush. Never raises: a failure is
+        logged, and those figures are lost (they are statistics, not records)."""
+        with self._lock:
+            pending, self._pending, self._timer = self._pending, {}, None
+        if not pending:
+            return
+        try:
+            self._write(pending, max(sent.last for sent in pending.values()))
+        except Exception:
+            log.exception("could not record the import activity of user %s", ", ".join(pending))
+
+    def _write(self, pending: dict[str, _Pending], now: int) -> None:
         hour = hour_of(now)
         with self._lock:
             prune = self._pruned_hour != hour
@@ -90,12 +150,13 @@ class NodeActivityLog:
         try:
             with self.database.write() as session:
                 insert = _INSERTS[session.get_bind().dialect.name]
-                self._upsert_node(session, insert, user, origin, entities, bytes_received,
-                                  problem, problem_kind, now)
-                if entities or bytes_received:
-                    self._upsert_hour(session, insert, user, hour, entities, bytes_received)
+                for user, sent in pending.items():
+                    self._upsert_node(session, insert, user, sent)
+                    for bucket, (entities, bytes_received) in sent.hours.items():
+                        self._upsert_hour(session, insert, user, bucket, entities,
+                                          bytes_received)
                 if prune:
-                    # The first record of an hour in this process: old hours go.
+                    # The first write of an hour in this process: old hours go.
                     session.execute(delete(NodeActivityHourRow).where(
                         NodeActivityHourRow.hour_start < hour - KEEP_HOURS_MS))
         except BaseException:
@@ -105,17 +166,13 @@ class NodeActivityLog:
             raise
 
     @staticmethod
-    def _upsert_node(session: Session, insert, user: str, origin: uuid.UUID | None,
-                     entities: int, bytes_received: int, problem: str | None,
-                     problem_kind: str | None, now: int) -> None:
-        if problem is not None:
-            problem_values = {"problem_kind": problem_kind or "problem",
-                              "problem_message": _clip(problem), "problem_at": now}
-        else:
-            problem_values = {"problem_kind": None, "problem_message": None, "problem_at": None}
+    def _upsert_node(session: Session, insert, user: str, sent: _Pending) -> None:
+        kind, message, at = sent.problem or (None, None, None)
         statement = insert(NodeActivityRow).values(
-            user_name=user, origin_server=origin, first_import_at=now, last_import_at=now,
-            entities_total=entities, bytes_total=bytes_received, **problem_values)
+            user_name=user, origin_server=sent.origin, first_import_at=sent.first,
+            last_import_at=sent.last, entities_total=sent.entities,
+            bytes_total=sent.bytes_received, problem_kind=kind, problem_message=message,
+            problem_at=at)
         table, new = NodeActivityRow, statement.excluded
         # A newer problem replaces the one held (records may commit out of order).
         has_problem = and_(new.problem_at.is_not(None),

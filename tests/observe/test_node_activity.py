@@ -5,6 +5,7 @@ import datetime
 import io
 import logging
 import threading
+import time
 import uuid
 
 import pytest
@@ -190,6 +191,7 @@ def test_a_node_that_replicates_here_is_listed_with_what_it_sent(make_node, prot
     summary = source.exporter().run_once()
     assert summary.failures == 0 and summary.entities_sent > 0
 
+    central.services.activity.flush()  # else written within a second
     admin = make_admin(central)
     response = central.app.test_client().get("/imports/nodes", auth=admin)
     assert response.status_code == 200
@@ -215,6 +217,7 @@ def test_bytes_that_fail_their_md5_are_the_nodes_last_problem(services, client, 
         data={"file": (io.BytesIO(b"something else"), "upload.bin")},
         content_type="multipart/form-data")
     assert response.status_code == 200, response.get_data(as_text=True)
+    services.activity.flush()
     (node,) = nodes(services, now=None).values()
     assert node["user"] == exporter_auth[0] and node["origin_server"] == ORIGIN.hex
     assert node["last_problem"]["kind"] == "md5_mismatch"
@@ -231,3 +234,24 @@ def test_an_upload_without_the_origin_header_keeps_the_origin_announced(services
     with services.database.read() as session:
         [node] = list_nodes(session, store.now_ms())
     assert node.origin_server == origin
+
+
+def test_the_servers_log_adds_records_up_in_memory_and_writes_them_together(services):
+    log = NodeActivityLog(services.database, flush_seconds=60)
+    for _ in range(100):
+        log.record("school-1", ORIGIN, entities=1, bytes_received=10)
+    assert nodes(services, now=None) == {}  # nothing written yet: no commit per request
+    log.flush()
+    (node,) = nodes(services, now=None).values()
+    assert node["total"] == node["last_24h"] == {"entities": 100, "bytes": 1000}
+    assert node["origin_server"] == ORIGIN.hex
+
+
+def test_what_the_server_records_is_written_without_anyone_asking(services):
+    log = NodeActivityLog(services.database, flush_seconds=0.2)
+    log.record("school-1", ORIGIN, entities=3)
+    deadline = time.monotonic() + 30
+    while not nodes(services, now=None):
+        assert time.monotonic() < deadline, "the records were never written"
+        time.sleep(0.05)
+    assert nodes(services, now=None)["school-1"]["total"]["entities"] == 3

@@ -228,6 +228,7 @@ def test_the_data_shows_cameras_newest_events_importing_nodes_and_export_targets
     imported = dataset.add_event(factories.status("school-camera"), 1,
                                  time_ms=factories.NIGHT + 60_000)
     ProtocolClient(logged_in, exporter_auth).replicate(imported, dataset.statuses, dataset.contents)
+    services.activity.flush()  # the nodes' figures, else written within a second
     with services.database.write() as session:
         configs.add(session, ExportConfiguration(
             config_id=uuid.uuid4(), name="central", target_url="https://central.example/import",

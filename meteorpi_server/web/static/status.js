@@ -10,6 +10,9 @@
   var streamUrl = root.dataset.streamUrl;
   var loginUrl = root.dataset.loginUrl;
   var DEBOUNCE_MS = 500;
+  // The importing nodes' figures are written a second or so after their records (each
+  // worker adds them up first): look once more after a burst of changes has settled.
+  var SETTLE_MS = 2500;
   var REFRESH_MS = 60000; // export states and relative times change without a feed entry
   var RECONNECT_MS = 5000;
 
@@ -250,7 +253,11 @@
       });
   }
 
+  var settling = null;
+
   function changed() {
+    if (settling !== null) window.clearTimeout(settling);
+    settling = window.setTimeout(function () { settling = null; refresh(); }, SETTLE_MS);
     if (pending !== null) return;
     pending = window.setTimeout(function () { pending = null; refresh(); }, DEBOUNCE_MS);
   }
