@@ -4,11 +4,12 @@ each hour and in all, when it first and last imported, the server id it last ann
 
 :class:`NodeActivityLog` records; :func:`list_nodes` reads (``GET /imports/nodes``).
 
-Each :meth:`NodeActivityLog.record` is one short write transaction of upserts that add
-to the stored figures in the database (``INSERT ... ON CONFLICT DO UPDATE SET n = n +
-excluded.n``), so gunicorn workers and hosts sharing a database may record the same
-user at the same moment and every count is kept. Recording is a side note: a failure is
-logged and never reaches the import that called it.
+Each write is one short transaction of upserts that add to the stored figures in the
+database (``INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n``), so gunicorn
+workers and hosts sharing a database may write the same user's at the same moment and
+every count is kept. The server's log adds records up in memory and writes them about
+once a second. Recording is a side note: a failure is logged and never reaches the
+import that called it.
 """
 from __future__ import annotations
 
