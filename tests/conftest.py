@@ -30,6 +30,7 @@ from werkzeug.serving import make_server
 from meteorpi_server import auth as auth_module
 from meteorpi_server import create_app
 from meteorpi_server.config import Config
+from meteorpi_server.storage import node_activity
 from meteorpi_server.storage.db import Database
 from meteorpi_server.storage.orm import Base, UserRoleRow, UserRow
 
@@ -174,6 +175,14 @@ def services(app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(autouse=True)
+def node_figures_written_within_their_test():
+    """A server's per-node figures are written up to a second after its imports; written
+    here instead, they cannot land in the next test's database (the same one, emptied)."""
+    yield
+    node_activity.flush_all()
 
 
 @pytest.fixture(autouse=True)

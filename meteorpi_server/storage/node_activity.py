@@ -88,10 +88,17 @@ class _Pending:
             counts[1] += bytes_received
 
 
-def _flush_if_alive(reference: weakref.ref) -> None:
-    log_ = reference()
-    if log_ is not None:
-        log_.flush()
+#: Every log that adds up in memory, so that what they hold is written at exit.
+_BUFFERING: weakref.WeakSet[NodeActivityLog] = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """Write what every log of this process holds (at exit; and between tests)."""
+    for each in list(_BUFFERING):
+        each.flush()
+
+
+atexit.register(flush_all)
 
 
 class NodeActivityLog:
@@ -110,8 +117,10 @@ class NodeActivityLog:
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._timer: threading.Timer | None = None
+        # Held while writing, so that a flush returns only once earlier records are written.
+        self._writing = threading.Lock()
         if flush_seconds:
-            atexit.register(_flush_if_alive, weakref.ref(self))
+            _BUFFERING.add(self)
 
     def record(self, user: str, origin: uuid.UUID | None, *, entities: int = 0,
                bytes_received: int = 0, problem: str | None = None,
@@ -133,14 +142,16 @@ class NodeActivityLog:
     def flush(self) -> None:
         """Write what was recorded since the last flush. Never raises: a failure is
         logged, and those figures are lost (they are statistics, not records)."""
-        with self._lock:
-            pending, self._pending, self._timer = self._pending, {}, None
-        if not pending:
-            return
-        try:
-            self._write(pending, max(sent.last for sent in pending.values()))
-        except Exception:
-            log.exception("could not record the import activity of user %s", ", ".join(pending))
+        with self._writing:
+            with self._lock:
+                pending, self._pending, self._timer = self._pending, {}, None
+            if not pending:
+                return
+            try:
+                self._write(pending, max(sent.last for sent in pending.values()))
+            except Exception:
+                log.exception("could not record the import activity of user %s",
+                              ", ".join(pending))
 
     def _write(self, pending: dict[str, _Pending], now: int) -> None:
         hour = hour_of(now)
