@@ -66,10 +66,21 @@ def _needing(role: str, view):
     return checked
 
 
+#: The attributes on a decorated view that say who may reach it (read by the OpenAPI
+#: document's test): the role it needs, or the setting that names its audience.
+ROLE_ATTRIBUTE = "meteorpi_role"
+ACCESS_ATTRIBUTE = "meteorpi_access_setting"
+
+
 def requires_role(role: str):
     """Decorate a view so that only authenticated users with ``role`` reach it; others
     get a 403 that names the role."""
-    return functools.partial(_needing, role)
+    def decorate(view):
+        checked = _needing(role, view)
+        setattr(checked, ROLE_ATTRIBUTE, role)
+        return checked
+
+    return decorate
 
 
 def requires_access(setting: str):
@@ -86,6 +97,7 @@ def requires_access(setting: str):
                 return view(*args, **kwargs)
             return _needing(audience, view)(*args, **kwargs)
 
+        setattr(checked, ACCESS_ATTRIBUTE, setting)
         return checked
 
     return decorate
