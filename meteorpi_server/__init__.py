@@ -25,7 +25,8 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
         config = load_config()
     elif not isinstance(config, Config):
         config = Config.from_mapping(config)
-    app = Flask(__name__)
+    # No /static: nothing is served there (the status page has its own, /status/static).
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = None  # limits are ours, per route
     app.json.sort_keys = False
     app.extensions[EXTENSION] = Services.build(config)

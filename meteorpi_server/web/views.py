@@ -50,7 +50,7 @@ def _page_login_required(view):
             return redirect(url_for("web.login_form"))
         return view(*args, **kwargs)
 
-    return checked
+    return _session_role(checked)
 
 
 def _api_login_required(view):
@@ -62,7 +62,15 @@ def _api_login_required(view):
                                   "was never started)")
         return view(*args, **kwargs)
 
-    return checked
+    return _session_role(checked)
+
+
+def _session_role(view):
+    """Note on ``view`` who reaches it (as requires_role does, for the OpenAPI document's
+    test): users with the page's role, through the page's session."""
+    view.meteorpi_role = login.ROLE
+    view.meteorpi_authentication = "session"
+    return view
 
 
 def _no_store(body, status: int = 200):
