@@ -62,13 +62,21 @@ def changes():
     latest = params.flag("latest")
     app_services = services()
     wait = min(timeout_ms / 1000, app_services.config.feed_max_wait_seconds)
-    if wait:
-        with metrics.OPEN_CONNECTIONS.labels("long_poll").track_inprogress():
-            page = feed.wait_for_changes(app_services.database, since, limit, wait, which, latest)
-    else:
-        page = feed.wait_for_changes(app_services.database, since, limit, 0, which, latest)
+    try:
+        if wait:
+            with metrics.OPEN_CONNECTIONS.labels("long_poll").track_inprogress():
+                page = feed.wait_for_changes(app_services.database, since, limit, wait, which,
+                                             latest)
+        else:
+            page = feed.wait_for_changes(app_services.database, since, limit, 0, which, latest)
+    except feed.CursorAhead as error:
+        raise _cursor_ahead(error, "since") from None
     return jsonify({"changes": [change.to_dict() for change in page.changes],
                     "last": page.last, "more": page.more})
+
+
+def _cursor_ahead(error: feed.CursorAhead, field: str) -> ApiError:
+    return ApiError(400, str(error), "cursor_ahead", field=field, newest=error.newest)
 
 
 def _resume_point(params: QueryParameters) -> int:
@@ -122,6 +130,11 @@ def event_stream() -> Response:
     which = _filter(params)
     app_services = services()
     config = app_services.config
+    with app_services.database.read() as session:
+        newest = feed.newest_sequence(session)
+    if since > newest:
+        field = "Last-Event-ID" if request.headers.get("Last-Event-ID") else "since"
+        raise _cursor_ahead(feed.CursorAhead(since, newest), field)
 
     # The stream ends after a while so that a restarting worker is not held up and a
     # client re-authenticates now and then; EventSource reconnects by itself.
@@ -137,13 +150,21 @@ def event_stream() -> Response:
 
     def changes():
         yield f"retry: {RECONNECT_MS}\n\n"
-        for change in feed.follow_changes(app_services.database, since, which, stop=finished,
-                                          idle_seconds=config.feed_heartbeat_seconds):
-            if change is None:
-                yield ": heartbeat\n\n"
-            else:
-                data = json.dumps(change.to_dict(), separators=(",", ":"))
-                yield f"id: {change.sequence}\nevent: change\ndata: {data}\n\n"
+        try:
+            for change in feed.follow_changes(app_services.database, since, which,
+                                              stop=finished,
+                                              idle_seconds=config.feed_heartbeat_seconds):
+                if change is None:
+                    yield ": heartbeat\n\n"
+                else:
+                    data = json.dumps(change.to_dict(), separators=(",", ":"))
+                    yield f"id: {change.sequence}\nevent: change\ndata: {data}\n\n"
+        except feed.CursorAhead as error:
+            # The feed went back under the stream (a restore): say so, and end. A client
+            # reconnecting with its Last-Event-ID gets the 400 above.
+            data = json.dumps({"error": "cursor_ahead", "message": str(error),
+                               "newest": error.newest}, separators=(",", ":"))
+            yield f"event: error\ndata: {data}\n\n"
 
     return Response(events(), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

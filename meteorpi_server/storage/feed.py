@@ -250,6 +250,19 @@ def newest_sequence(session: Session) -> int:
     return session.scalar(select(func.max(ChangeRow.sequence))) or 0
 
 
+class CursorAhead(ValueError):
+    """A reader's cursor is past the newest change: it was not read from this database
+    as it is now (a database restored from a backup, another server's feed). Reading on
+    from it would skip, without a word, the changes numbered up to it."""
+
+    def __init__(self, since: int, newest: int):
+        super().__init__(f"the cursor {since} is past the newest change, {newest}: this "
+                         f"server's feed is not the one it was read from (restored from a "
+                         f"backup, say); start again from since=0, or from {newest} to "
+                         "follow only what arrives from now on")
+        self.since, self.newest = since, newest
+
+
 def _change(row: ChangeRow) -> Change:
     return Change(row.sequence, row.entity_type, row.entity_id, row.camera_id,
                   row.entity_time, row.recorded_at)
@@ -259,12 +272,15 @@ def read_changes(session: Session, since: int, limit: int, which: ChangeFilter =
                  latest: bool = False) -> ChangePage:
     """The changes numbered after ``since`` that ``which`` selects, at most ``limit``.
 
-    With ``latest`` only the newest such change of each camera is returned.
+    With ``latest`` only the newest such change of each camera is returned. Raises
+    CursorAhead when ``since`` is past the newest change.
     """
     # Everything up to the newest number is committed (see the module's docstring), so
     # bounding the read by it makes "nothing more up to here" a fact the reader can keep.
     head = newest_sequence(session)
-    if head <= since:
+    if head < since:
+        raise CursorAhead(since, head)
+    if head == since:
         return ChangePage([], since, False)
     in_range = [ChangeRow.sequence > since, ChangeRow.sequence <= head]
     if latest:
@@ -310,7 +326,8 @@ def follow_changes(database: Database, since: int, which: ChangeFilter = EVERYTH
                    clock: Callable[[], float] = time.monotonic,
                    sleep: Callable[[float], None] = time.sleep) -> Iterator[Change | None]:
     """Every change after ``since`` as it is stored, until ``stop()`` (asked before each
-    poll) is true; None after each ``idle_seconds`` without one (time for a heartbeat)."""
+    poll) is true; None after each ``idle_seconds`` without one (time for a heartbeat).
+    Raises CursorAhead if ``since`` is, or comes to be, past the newest change."""
     quiet_since = clock()
     while not stop():
         with database.read() as session:
