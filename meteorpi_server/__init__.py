@@ -44,5 +44,12 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(web.blueprint)
     app.before_request(note_route)
     app.wsgi_app = RequestLog(app.wsgi_app, config.log_format, observers=[observe_request])
+    if config.trusted_proxies:
+        # The client address (for the authentication throttle and its log) is the one the
+        # nearest trusted_proxies proxies report in X-Forwarded-For; without the setting
+        # that header is ignored, as any client can send it.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies)
 
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -22,10 +23,15 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from meteorpi_model import ROLES
 
+from .api.request_log import format_line
 from .config import default
+from .observe import metrics
 from .storage.db import Database
 from .storage.orm import UserRoleRow, UserRow
 from .storage.store import now_ms
+from .throttle import AuthThrottle, Throttled
+
+log = logging.getLogger("meteorpi.auth")
 
 MAX_NAME_LENGTH = 255
 # Checked against unknown user names so that a wrong name costs as much as a wrong password.
@@ -129,18 +135,28 @@ class Users:
     """The user directory in the database, and credential checks against it."""
 
     def __init__(self, database: Database, cache: VerificationCache,
-                 min_password_length: int | None = None):
+                 min_password_length: int | None = None, throttle: AuthThrottle | None = None):
         self.database = database
         self.cache = cache
+        # Failed attempts are counted and, past its limits, refused before hashing
+        # (meteorpi_server.throttle); None: never throttled (the command line's checks).
+        self.throttle = throttle
         # Checked when a password is set, never when one is tried: a stricter setting
         # must not lock out users whose older passwords are shorter.
         self.min_password_length = (default("min_password_length")
                                     if min_password_length is None else min_password_length)
 
-    def authenticate(self, name: str, password: str) -> User | None:
-        """The user if ``password`` is theirs, else None."""
-        if not isinstance(name, str) or not isinstance(password, str) \
-                or not _usable_credentials(name, password):
+    def authenticate(self, name: str, password: str, address: str | None = None) -> User | None:
+        """The user if ``password`` is theirs, else None.
+
+        ``address`` is the client's, for the throttle and the log: Throttled is raised,
+        without hashing, when it or ``name`` has failed too often lately, unless these
+        credentials were verified recently (the cache, which costs no hash).
+        """
+        if not isinstance(name, str) or not isinstance(password, str):
+            return None
+        if not _usable_credentials(name, password):
+            self._failed(address, name, "unusable_credentials")
             return None
         # One Core query, not an ORM load: this runs on every request of every exporter.
         statement = (select(UserRow.password_hash, UserRow.created_at, UserRoleRow.role)
@@ -148,17 +164,39 @@ class Users:
                      .where(UserRow.name == name))
         with self.database.engine.connect() as connection:
             rows = connection.execute(statement).all()
+        if rows and self.cache.contains(name, rows[0].password_hash, password):
+            return User(name, frozenset(row.role for row in rows if row.role), rows[0].created_at)
+        if self.throttle is not None:
+            try:
+                self.throttle.check(address, name)
+            except Throttled as throttled:
+                metrics.AUTH_FAILURES.labels("throttled").inc()
+                self._log(address, name, f"throttled_{throttled.what}",
+                          retry_after=throttled.retry_after)
+                raise
         if not rows:
             check_password_hash(_DUMMY_HASH, password)
+            self._failed(address, name, "unknown_user")
             return None
         password_hash, created_at = rows[0].password_hash, rows[0].created_at
-        user = User(name, frozenset(row.role for row in rows if row.role), created_at)
-        if self.cache.contains(name, password_hash, password):
-            return user
         if not check_password_hash(password_hash, password):
+            self._failed(address, name, "wrong_password")
             return None
         self.cache.add(name, password_hash, password)
-        return user
+        return User(name, frozenset(row.role for row in rows if row.role), created_at)
+
+    def _failed(self, address: str | None, name: str, reason: str) -> None:
+        if self.throttle is not None:
+            self.throttle.failed(address, name)
+        self._log(address, name, reason)
+
+    @staticmethod
+    def _log(address: str | None, name: str, reason: str, **fields) -> None:
+        """One WARNING line per failed or throttled attempt: the address, the name tried
+        (never the password) and why."""
+        fields = {"address": address or "-", "user": name[:MAX_NAME_LENGTH], "reason": reason,
+                  **fields}
+        log.warning("authentication failed: %s", format_line(fields, "text"))
 
     @staticmethod
     def _check_roles(roles) -> list[str]:

@@ -193,6 +193,20 @@ SETTINGS: tuple[Setting, ...] = (
             _non_negative_int),
     Setting("auth_cache_seconds", 300,
             "How long a remembered password check stays valid.", _positive_int),
+    Setting("auth_failures_per_address", 10,
+            "Failed authentications (HTTP Basic or the status page's login) one client address "
+            "(an IPv6 /64) may make per auth_failure_window_seconds in each worker; more are "
+            "refused with 429 before any password is hashed (0: no limit).", _non_negative_int),
+    Setting("auth_failures_per_user", 20,
+            "Failed authentications for one user name (existing or not) per "
+            "auth_failure_window_seconds in each worker; more are refused with 429 unless "
+            "the credentials were verified recently (0: no limit).", _non_negative_int),
+    Setting("auth_failure_window_seconds", 300,
+            "The moving window in which failed authentications are counted.", _positive_int),
+    Setting("trusted_proxies", 0,
+            "Reverse proxies in front of the server that set X-Forwarded-For (1 behind the "
+            "nginx site): the client address is then the one they report, else the "
+            "connection's (a client's own X-Forwarded-For is ignored).", _non_negative_int),
     Setting("min_password_length", 12,
             "Shortest password `meteorpi users add` and `users passwd` accept (existing "
             "passwords keep working).", _positive_int),
@@ -299,6 +313,10 @@ class Config:
     upload_attempts_window_seconds: int
     auth_cache_size: int
     auth_cache_seconds: int
+    auth_failures_per_address: int
+    auth_failures_per_user: int
+    auth_failure_window_seconds: int
+    trusted_proxies: int
     min_password_length: int
     export_interval_seconds: float
     export_max_failures: int

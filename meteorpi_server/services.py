@@ -19,6 +19,7 @@ from .storage.db import Database
 from .storage.files import FileStore
 from .storage.maintenance import PeriodicSweep
 from .storage.node_activity import NodeActivityLog
+from .throttle import AuthThrottle
 
 log = logging.getLogger("meteorpi.server")
 
@@ -86,7 +87,9 @@ class Services:
         database = Database(config.database_url)
         files = FileStore(config.file_store)
         users = Users(database, VerificationCache(config.auth_cache_size, config.auth_cache_seconds),
-                      config.min_password_length)
+                      config.min_password_length,
+                      AuthThrottle(config.auth_failures_per_address, config.auth_failures_per_user,
+                                   config.auth_failure_window_seconds))
         receiver = load_receiver_class(config.receiver)(ReceiverContext(config, database, files))
         activity = ImportActivity(NodeActivityLog(database, flush_seconds=NODE_ACTIVITY_FLUSH_SECONDS))
         importer = Importer(receiver, EntityCache(config.import_cache_size), activity)

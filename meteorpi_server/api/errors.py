@@ -21,9 +21,11 @@ log = logging.getLogger("meteorpi.api")
 class ApiError(Exception):
     """Raise from a view to answer ``status`` with a JSON error."""
 
-    def __init__(self, status: int, message: str, error: str = "bad_request", **details):
+    def __init__(self, status: int, message: str, error: str = "bad_request",
+                 headers: dict[str, str] | None = None, **details):
         super().__init__(message)
         self.status, self.message, self.error, self.details = status, message, error, details
+        self.headers = headers or {}
 
 
 def error_response(status: int, error: str, message: str, **details):
@@ -38,7 +40,9 @@ def error_response(status: int, error: str, message: str, **details):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):
-        return error_response(error.status, error.error, error.message, **error.details)
+        response = error_response(error.status, error.error, error.message, **error.details)
+        response.headers.update(error.headers)
+        return response
 
     @app.errorhandler(ValidationError)
     def invalid_entity(error: ValidationError):

@@ -13,8 +13,9 @@ from flask_httpauth import HTTPBasicAuth
 
 from ..auth import User
 from ..observe import metrics
+from ..throttle import Throttled
 from .context import services
-from .errors import error_response
+from .errors import ApiError, error_response
 from .request_log import USER_KEY
 
 basic_auth = HTTPBasicAuth(realm="meteorpi")
@@ -24,10 +25,20 @@ basic_auth = HTTPBasicAuth(realm="meteorpi")
 def _verify(name: str, password: str) -> User | None:
     if not name:
         return None
-    user = services().users.authenticate(name, password)
+    try:
+        user = services().users.authenticate(name, password, request.remote_addr)
+    except Throttled as throttled:
+        raise throttled_error(throttled) from None
     if user is not None:  # for the request's log line; a failed attempt's name is not logged
         request.environ[USER_KEY] = user.name
     return user
+
+
+def throttled_error(throttled: Throttled) -> ApiError:
+    """The 429 for an attempt refused by the authentication throttle."""
+    return ApiError(429, str(throttled), "too_many_requests",
+                    headers={"Retry-After": str(throttled.retry_after)},
+                    retry_after=throttled.retry_after)
 
 
 @basic_auth.get_user_roles

@@ -202,7 +202,9 @@ class ImportClient:
             response = self.session.post(url, timeout=self.timeout, **kwargs)
         except requests.RequestException as error:
             raise TargetError(f"{url}: {error}") from error
-        if response.status_code in (401, 403) or response.status_code >= 500:
+        # 429: the authentication throttle refused to check the password; it heals by
+        # itself, as a 5xx does (the run backs off), and is no refusal of the entity.
+        if response.status_code in (401, 403, 429) or response.status_code >= 500:
             raise TargetError(f"{url} answered {response.status_code}: {_describe(response)}",
                               response.status_code)
         return response

@@ -61,8 +61,10 @@ BATCH_ENTITIES = Histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000))
 AUTH_FAILURES = Counter(
     "meteorpi_auth_failures_total",
-    "Requests refused by authentication: unauthorized (no or wrong credentials, 401) or "
-    "forbidden (a user without the route's role, 403), and failed status page logins.",
+    "Requests refused by authentication: unauthorized (no or wrong credentials, 401), "
+    "forbidden (a user without the route's role, 403), login (failed status page logins) "
+    "and throttled (refused unchecked, 429: too many failures from the address or for the "
+    "name).",
     ["reason"])
 OPEN_CONNECTIONS = Gauge(
     "meteorpi_open_feed_connections",

@@ -30,6 +30,7 @@ from ..api.request_log import USER_KEY
 from ..auth import MAX_NAME_LENGTH
 from ..observe import metrics
 from ..storage.orm import UserRoleRow, UserRow
+from ..throttle import Throttled
 from .session_secret import session_secret
 
 #: The role a user needs to see the page (the role that reads everything it shows).
@@ -103,10 +104,29 @@ def _account(name: str) -> tuple[str, frozenset[str]] | None:
 class LoginRefused(Exception):
     """The form's credentials do not let anyone in; the message is for the form."""
 
+    status = 401
+    retry_after: int | None = None
+
+
+class LoginThrottled(LoginRefused):
+    """Too many failed logins from this address or for this name: refused unchecked."""
+
+    status = 429
+
+    def __init__(self, throttled: Throttled):
+        subject = "from your address" if throttled.what == "address" else "for this user name"
+        super().__init__(f"too many failed logins {subject}; try again in "
+                         f"{throttled.retry_after} seconds")
+        self.retry_after = throttled.retry_after
+
 
 def log_in(name: str, password: str) -> None:
-    """Start a session for the user, or raise LoginRefused."""
-    user = services().users.authenticate(name, password)
+    """Start a session for the user, or raise LoginRefused (LoginThrottled when the
+    authentication throttle refuses to check the password)."""
+    try:
+        user = services().users.authenticate(name, password, request.remote_addr)
+    except Throttled as throttled:
+        raise LoginThrottled(throttled) from None
     if user is None:
         metrics.AUTH_FAILURES.labels("login").inc()
         raise LoginRefused("wrong user name or password")

@@ -98,13 +98,13 @@ def status_page():
 @blueprint.route("/status/login", methods=["GET", "POST"])
 def login_form():
     form = login.LoginForm()
-    error, status = None, 200
+    error, status, retry_after = None, 200, None
     if request.method == "POST":
         if form.validate_on_submit():
             try:
                 login.log_in(form.name.data, form.password.data)
             except login.LoginRefused as refused:
-                error, status = str(refused), 401
+                error, status, retry_after = str(refused), refused.status, refused.retry_after
             else:
                 return redirect(url_for("web.status_page"), code=303)
         elif form.csrf_token.errors:
@@ -113,7 +113,10 @@ def login_form():
             error, status = "give a user name and a password", 400
     elif login.current_user() is not None:
         return redirect(url_for("web.status_page"))
-    return _no_store(render_template("login.html", form=form, error=error), status)
+    response = _no_store(render_template("login.html", form=form, error=error), status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 @blueprint.post("/status/logout")
