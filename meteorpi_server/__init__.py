@@ -15,7 +15,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     the configuration file and environment (see :func:`load_config`)."""
     from . import web
     from .api import batch, cameras, downloads, errors, exports, feed, health, importer, search
-    from .api import metrics, replication
+    from .api import metrics, openapi, replication
     from .api.context import EXTENSION
     from .api.request_log import RequestLog, note_route
     from .observe.metrics import observe_request
@@ -41,6 +41,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(replication.blueprint)
     app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(openapi.blueprint)
     app.register_blueprint(web.blueprint)
     app.before_request(note_route)
     app.wsgi_app = RequestLog(app.wsgi_app, config.log_format, observers=[observe_request])
