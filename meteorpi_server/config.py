@@ -175,6 +175,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upload_read_timeout_seconds", 60.0,
             "An upload whose sender goes silent this long is ended, so a dead link does not "
             "hold the upload locked against the sender's resumption.", _positive_seconds),
+    Setting("header_timeout_seconds", 10.0,
+            "`meteorpi serve` answers 408 and closes a connection whose request head has not "
+            "all arrived this long after it began (or after the connection opened).",
+            _positive_seconds),
+    Setting("body_read_timeout_seconds", 30.0,
+            "`meteorpi serve` ends a request whose sender goes silent this long in the middle "
+            "of its body (uploads use upload_read_timeout_seconds).", _positive_seconds),
     Setting("batch_protocol", True,
             "Offer batched replication (protocol v2) beside the legacy protocol.", _bool),
     Setting("batch_max_entities", 500,
@@ -306,6 +313,8 @@ class Config:
     max_chunk_bytes: int
     upload_expiry_seconds: int
     upload_read_timeout_seconds: float
+    header_timeout_seconds: float
+    body_read_timeout_seconds: float
     batch_protocol: bool
     batch_max_entities: int
     batch_max_bundle_bytes: int
