@@ -18,7 +18,7 @@ import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from meteorpi_model import ROLES
@@ -90,29 +90,40 @@ class VerificationCache:
     """A bounded, thread-safe LRU set of recently verified credentials, each with an expiry.
 
     Entries are HMACs keyed by a per-process secret, so the cache never holds a password.
+    Beside each entry's key (name, stored hash and password) the cache keeps one of the
+    name and password alone, so that :meth:`may_contain` can tell before any database
+    query that credentials are certainly not remembered (the throttle then refuses them
+    at the cost of two HMACs).
     """
 
     def __init__(self, max_entries: int, lifetime_seconds: float):
         self.max_entries = max_entries
         self.lifetime = lifetime_seconds
         self._secret = secrets.token_bytes(32)
-        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+        self._candidates: dict[bytes, int] = {}  # name-and-password HMAC: entries with it
         self._lock = threading.Lock()
 
-    def _key(self, name: str, password_hash: str, password: str) -> bytes:
-        message = "\0".join((name, password_hash, password)).encode("utf-8", "surrogatepass")
+    def _key(self, *parts: str) -> bytes:
+        message = "\0".join(parts).encode("utf-8", "surrogatepass")
         return hmac.new(self._secret, message, hashlib.sha256).digest()
+
+    def may_contain(self, name: str, password: str) -> bool:
+        """False if no entry (current or expired) is for this name and password."""
+        if self.max_entries == 0:
+            return False
+        return self._key(name, password) in self._candidates
 
     def contains(self, name: str, password_hash: str, password: str) -> bool:
         if self.max_entries == 0:
             return False
         key = self._key(name, password_hash, password)
         with self._lock:
-            expiry = self._entries.get(key)
-            if expiry is None:
+            entry = self._entries.get(key)
+            if entry is None:
                 return False
-            if expiry < time.monotonic():
-                del self._entries[key]
+            if entry[0] < time.monotonic():
+                self._remove(key)
                 return False
             self._entries.move_to_end(key)
             return True
@@ -121,14 +132,31 @@ class VerificationCache:
         if self.max_entries == 0:
             return
         key = self._key(name, password_hash, password)
+        candidate = self._key(name, password)
         with self._lock:
-            self._entries[key] = time.monotonic() + self.lifetime
-            self._entries.move_to_end(key)
+            if key in self._entries:
+                self._remove(key)
+            self._entries[key] = (time.monotonic() + self.lifetime, candidate)
+            self._candidates[candidate] = self._candidates.get(candidate, 0) + 1
             while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                self._remove(next(iter(self._entries)))
+
+    def _remove(self, key: bytes) -> None:
+        _, candidate = self._entries.pop(key)
+        if self._candidates[candidate] == 1:
+            del self._candidates[candidate]
+        else:
+            self._candidates[candidate] -= 1
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# A user's password hash and roles (one row per role), built once: the statement is
+# the same for every request.
+_ACCOUNT = (select(UserRow.password_hash, UserRow.created_at, UserRoleRow.role)
+            .outerjoin(UserRoleRow, UserRoleRow.user_name == UserRow.name)
+            .where(UserRow.name == bindparam("name")))
 
 
 class Users:
@@ -158,22 +186,18 @@ class Users:
         if not _usable_credentials(name, password):
             self._failed(address, name, "unusable_credentials")
             return None
+        # Credentials not remembered at all are refused by the throttle before the query,
+        # which is most of what a refusal would cost.
+        maybe_remembered = self.cache.may_contain(name, password)
+        if not maybe_remembered:
+            self._check_throttle(address, name)
         # One Core query, not an ORM load: this runs on every request of every exporter.
-        statement = (select(UserRow.password_hash, UserRow.created_at, UserRoleRow.role)
-                     .outerjoin(UserRoleRow, UserRoleRow.user_name == UserRow.name)
-                     .where(UserRow.name == name))
         with self.database.engine.connect() as connection:
-            rows = connection.execute(statement).all()
+            rows = connection.execute(_ACCOUNT, {"name": name}).all()
         if rows and self.cache.contains(name, rows[0].password_hash, password):
             return User(name, frozenset(row.role for row in rows if row.role), rows[0].created_at)
-        if self.throttle is not None:
-            try:
-                self.throttle.check(address, name)
-            except Throttled as throttled:
-                metrics.AUTH_FAILURES.labels("throttled").inc()
-                self._log(address, name, f"throttled_{throttled.what}",
-                          retry_after=throttled.retry_after)
-                raise
+        if maybe_remembered:  # remembered under another stored hash: the password changed
+            self._check_throttle(address, name)
         if not rows:
             check_password_hash(_DUMMY_HASH, password)
             self._failed(address, name, "unknown_user")
@@ -184,6 +208,17 @@ class Users:
             return None
         self.cache.add(name, password_hash, password)
         return User(name, frozenset(row.role for row in rows if row.role), created_at)
+
+    def _check_throttle(self, address: str | None, name: str) -> None:
+        if self.throttle is None:
+            return
+        try:
+            self.throttle.check(address, name)
+        except Throttled as throttled:
+            metrics.AUTH_FAILURES.labels("throttled").inc()
+            self._log(address, name, f"throttled_{throttled.what}",
+                      retry_after=throttled.retry_after)
+            raise
 
     def _failed(self, address: str | None, name: str, reason: str) -> None:
         if self.throttle is not None:
