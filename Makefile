@@ -72,6 +72,7 @@ bench: install
 	$(BIN)/python bench/batch_replication.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/import_activity.py
+	$(BIN)/python bench/password_guessing.py
 
 # Two servers on loopback: a camera node fills up with demo data and replicates it to a
 # central server while you watch; it then says where to look. On a terminal the servers
