@@ -305,3 +305,32 @@ def test_the_cache_knows_which_names_and_passwords_it_may_hold():
     assert not cache.may_contain("a", "pw-a") and not cache.contains("a", "hash-a2", "pw-a")
     assert cache.may_contain("b", "pw-b") and cache.may_contain("c", "pw-c")
     assert not auth_module.VerificationCache(0, 60).may_contain("b", "pw-b")
+
+
+@pytest.mark.slow
+def test_meteorpi_serve_throttles_in_each_worker(settings, gunicorn_server, exporter_auth):
+    """Under gunicorn each worker counts on its own: an address gets at most workers x
+    the limit of hashed failures, then 429s; the log says who and why."""
+    import requests
+
+    settings.update(auth_failures_per_address=2, auth_failures_per_user=0)
+    server = gunicorn_server(workers=2)
+    statuses = []
+    for _ in range(12):  # a new connection each time: the workers take turns
+        response = requests.post(f"{server.url}/import", json={}, auth=(exporter_auth[0], WRONG),
+                                 headers={"Connection": "close"}, timeout=30)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            assert int(response.headers["Retry-After"]) >= 1
+            assert response.json()["error"] == "too_many_requests"
+    assert 2 <= statuses.count(401) <= 4, statuses
+    assert 429 in statuses and statuses.count(401) + statuses.count(429) == 12
+    if statuses.count(401) == 4:  # both workers refuse this address now
+        response = requests.get(f"{server.url}/import", auth=exporter_auth, timeout=30,
+                                headers={"X-Forwarded-For": "203.0.113.9"})
+        assert response.status_code == 429  # X-Forwarded-For is not trusted by default
+    server.stop()
+    log = server.log_path.read_text()
+    assert "authentication failed: address=127.0.0.1 user=node1 reason=wrong_password" in log
+    assert "reason=throttled_address" in log
+    assert WRONG not in log
