@@ -207,6 +207,8 @@ class Users:
             self._failed(address, name, "wrong_password")
             return None
         self.cache.add(name, password_hash, password)
+        if self.throttle is not None:
+            self.throttle.succeeded(address, name)
         return User(name, frozenset(row.role for row in rows if row.role), created_at)
 
     def _check_throttle(self, address: str | None, name: str) -> None:

@@ -207,7 +207,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth_failures_per_user", 20,
             "Failed authentications for one user name (existing or not) per "
             "auth_failure_window_seconds in each worker; more are refused with 429 unless "
-            "the credentials were verified recently (0: no limit).", _non_negative_int),
+            "the credentials were verified recently or come from an address that user logged "
+            "in from within a day (0: no limit).", _non_negative_int),
     Setting("auth_failure_window_seconds", 300,
             "The moving window in which failed authentications are counted.", _positive_int),
     Setting("trusted_proxies", 0,

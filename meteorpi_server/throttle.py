@@ -10,10 +10,14 @@ hash are refused with 429 and Retry-After, decided before any hash is computed.
 
 Credentials already in the verification cache (a cheap HMAC, no hash) are never
 refused: an exporter that knows its password keeps working while an attacker's guesses
-at its name are throttled. An attempt that would need a hash is refused while its
-address or its name is throttled, so an exporter behind the same NAT address as a
-guesser, or whose cache entry expires while its name is throttled, is refused until the
-window has passed (its exporter backs off and retries).
+at its name are throttled. Nor does a name's throttle apply to an address that logged in
+as that name within the last day (remembered per worker, up to KNOWN_ADDRESSES pairs):
+when the exporter's cache entry expires (``auth_cache_seconds``) while guesses from
+elsewhere keep its name throttled, its next check is still made. An attempt that would
+need a hash is refused while its address is throttled, so an exporter behind the same
+NAT address as a guesser is refused with it until the window has passed (its exporter
+backs off and retries); so is one whose name is throttled in a worker it has not logged
+in through since that worker started.
 
 The counts are kept in memory, in each worker process (the ``limits`` library's
 moving-window memory storage): nothing is written per failed attempt, and a restart
@@ -25,11 +29,18 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import threading
 import time
+from collections import OrderedDict
 
 from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+
+
+#: (address, name) pairs that logged in, remembered per worker for KNOWN_ADDRESS_SECONDS.
+KNOWN_ADDRESSES = 4096
+KNOWN_ADDRESS_SECONDS = 24 * 3600
 
 
 class Throttled(Exception):
@@ -74,21 +85,48 @@ class AuthThrottle:
             "address": RateLimitItemPerSecond(per_address, window_seconds) if per_address else None,
             "user": RateLimitItemPerSecond(per_user, window_seconds) if per_user else None,
         }
+        self._known: OrderedDict[tuple[str | None, str], float] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
         return any(self._limits.values())
 
-    def _subjects(self, address: str | None, name: str):
+    def _subjects(self, address: str | None, name: str, checking: bool = False):
         key = address_key(address)
         if key is not None and self._limits["address"] is not None:
             yield "address", self._limits["address"], key
-        if self._limits["user"] is not None:
+        if self._limits["user"] is not None and not (checking and self._is_known(key, name)):
             yield "user", self._limits["user"], name
 
+    def _is_known(self, key: str | None, name: str) -> bool:
+        if key is None:
+            return False
+        with self._known_lock:
+            since = self._known.get((key, name))
+            if since is None:
+                return False
+            if since < time.time() - KNOWN_ADDRESS_SECONDS:
+                del self._known[(key, name)]
+                return False
+            return True
+
+    def succeeded(self, address: str | None, name: str) -> None:
+        """Note that ``name`` logged in from ``address`` (its password was checked): the
+        name's throttle does not apply there for a day."""
+        key = address_key(address)
+        if key is None or self._limits["user"] is None:
+            return
+        with self._known_lock:
+            self._known[(key, name)] = time.time()
+            self._known.move_to_end((key, name))
+            while len(self._known) > KNOWN_ADDRESSES:
+                self._known.popitem(last=False)
+
     def check(self, address: str | None, name: str) -> None:
-        """Raise Throttled if ``address`` or ``name`` has had too many failures lately."""
-        for what, limit, key in self._subjects(address, name):
+        """Raise Throttled if ``address`` or ``name`` has had too many failures lately
+        (the name's count does not apply to an address it logged in from lately)."""
+        for what, limit, key in self._subjects(address, name, checking=True):
             if not self._limiter.test(limit, what, key):
                 reset = self._limiter.get_window_stats(limit, what, key).reset_time
                 raise Throttled(what, max(1, math.ceil(reset - time.time())), limit.amount,

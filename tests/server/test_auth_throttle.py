@@ -160,11 +160,23 @@ def test_an_exporter_with_verified_credentials_keeps_working_while_its_name_is_t
     for _ in range(20):  # its own requests carry the verified password: no hash, no 429
         assert post_import(client, exporter_auth, environ=exporter).status_code == 200
     assert len(hashes) == hashed
-    # A check that needs a hash (the remembered one forgotten, as after
-    # auth_cache_seconds or in another worker) waits for the window, like any other.
+    # When the remembered check expires (auth_cache_seconds), the exporter's address is
+    # one its name logged in from: its password is checked again, the name's throttle
+    # notwithstanding.
+    client.services.users.cache = auth_module.VerificationCache(16, 60)
+    assert post_import(client, exporter_auth, environ=exporter).status_code == 200
+    assert len(hashes) == hashed + 1
+    # From any other address, a check that needs a hash waits for the window.
+    client.services.users.cache = auth_module.VerificationCache(16, 60)
+    assert_throttled(post_import(client, exporter_auth, environ={"REMOTE_ADDR": "192.0.2.11"}))
+    assert_throttled(post_import(client, (exporter_auth[0], WRONG), environ=ATTACKER))
+    assert len(hashes) == hashed + 1
+    # After a day, an address is no longer known for the name.
+    clock.advance(throttle_module.KNOWN_ADDRESS_SECONDS + 1)
+    for _ in range(3):
+        post_import(client, (exporter_auth[0], WRONG), environ=ATTACKER)
     client.services.users.cache = auth_module.VerificationCache(16, 60)
     assert_throttled(post_import(client, exporter_auth, environ=exporter))
-    assert len(hashes) == hashed
     clock.advance(WINDOW)
     assert post_import(client, exporter_auth, environ=exporter).status_code == 200
 
@@ -282,12 +294,12 @@ def test_addresses_are_counted_per_ipv4_address_or_ipv6_64(address, key):
 
 def test_a_remembered_password_that_changed_is_throttled_like_any_other(
         throttled_client, exporter_auth, hashes, clock):
-    client = throttled_client(per_address=100, per_user=2)
+    client = throttled_client(per_address=2, per_user=0)
     exporter = {"REMOTE_ADDR": "192.0.2.10"}
     assert post_import(client, exporter_auth, environ=exporter).status_code == 200
     client.services.users.set_password(exporter_auth[0], "a brand new password")
     for _ in range(2):
-        assert post_import(client, (exporter_auth[0], WRONG)).status_code == 401
+        assert post_import(client, (exporter_auth[0], WRONG), environ=exporter).status_code == 401
     hashed = len(hashes)
     # The old password is remembered under the old hash only: it needs a hash, so it waits.
     assert_throttled(post_import(client, exporter_auth, environ=exporter))
