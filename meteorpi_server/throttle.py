@@ -88,10 +88,6 @@ class AuthThrottle:
         self._known: OrderedDict[tuple[str | None, str], float] = OrderedDict()
         self._known_lock = threading.Lock()
 
-    @property
-    def enabled(self) -> bool:
-        return any(self._limits.values())
-
     def _subjects(self, address: str | None, name: str, checking: bool = False):
         key = address_key(address)
         if key is not None and self._limits["address"] is not None:
