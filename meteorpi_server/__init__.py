@@ -18,6 +18,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     from .api import metrics, openapi, replication
     from .api.context import EXTENSION
     from .api.request_log import RequestLog, note_route
+    from .api.unread_body import UnreadBody
     from .observe.metrics import observe_request
     from .services import Services
 
@@ -45,6 +46,8 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(web.blueprint)
     app.before_request(note_route)
     app.wsgi_app = RequestLog(app.wsgi_app, config.log_format, observers=[observe_request])
+    # Outermost: a reply that leaves a large body unread says Connection: close.
+    app.wsgi_app = UnreadBody(app.wsgi_app)
     if config.trusted_proxies:
         # The client address (for the authentication throttle and its log) is the one the
         # nearest trusted_proxies proxies report in X-Forwarded-For; without the setting

@@ -100,8 +100,9 @@ def gunicorn_options(config: Config, listener: socket.socket | None = None,
     options = {
         "bind": f"{config.host}:{config.port}",
         "workers": config.workers,
-        # gthread keeps connections alive between an exporter's requests; sync closes them.
-        "worker_class": "gthread",
+        # gthread keeps connections alive between an exporter's requests (sync closes them);
+        # ours reads request heads in its event loop, so slow clients hold no thread.
+        "worker_class": "meteorpi_server.worker.Worker",
         "threads": config.threads,
         # Our own line per request replaces gunicorn's access log (api/request_log.py).
         "accesslog": None,
