@@ -1,0 +1,152 @@
+"""Property-based fuzzing of a running server from its OpenAPI document (schemathesis).
+
+Every operation of /openapi.json gets generated requests, valid ones (positive) and
+invalid ones (negative), sent over a real socket, once with the credentials of a user
+holding every role and once with none. Each reply must be no 5xx and conform to the
+document: a status code it lists, its content type, its body's schema, its required
+headers. The server holds a few records (a status, an event with files, a stand-alone
+file) so that reads and the change feed answer with real bodies too.
+
+Runs are repeatable: hypothesis is derandomized, so CI sends the same requests each time.
+The figures (operations, cases, failures) are printed (pytest -s, or -rA).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+import hypothesis
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.core.failures import FailureGroup
+
+import factories
+from local_records import backend, store_locally
+
+pytestmark = pytest.mark.slow
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance, response_headers_conformance]
+# Examples per operation and generation mode. With credentials on SQLite the most; on
+# PostgreSQL fewer (the same server, another database); without credentials a few (most
+# operations refuse them before reading the request). The whole test takes about a minute
+# on two cores; METEORPI_FUZZ_FACTOR=10 fuzzes ten times as long.
+FACTOR = int(os.environ.get("METEORPI_FUZZ_FACTOR", "1"))
+EXAMPLES = {("sqlite", "every_role"): 12, ("postgresql", "every_role"): 8,
+            ("sqlite", "none"): 4, ("postgresql", "none"): 4}
+# A reply of these holds the connection for feed_stream_seconds (one second here).
+STREAMS = {"/changes/stream", "/status/stream"}
+STREAM_EXAMPLES = 3
+ROLES = ("user", "camera_admin", "import")
+
+
+# The resumable chunks' and the file bundles' media types carry raw bytes.
+@schemathesis.serializer("application/offset+octet-stream", "application/vnd.meteorpi.file-bundle")
+def _raw_bytes(context, value):
+    if isinstance(value, bytes):
+        return {"data": value}
+    return {"data": value.encode("utf-8") if isinstance(value, str) else repr(value).encode()}
+
+
+@pytest.fixture
+def fuzz_settings(settings):
+    """Short waits, so a long poll or a stream costs a second at most, and no throttle:
+    the login form's random passwords would otherwise lock the fuzzer's address out."""
+    settings.update(feed_max_wait_seconds=1, feed_stream_seconds=1, feed_heartbeat_seconds=1,
+                    upload_read_timeout_seconds=2, auth_failures_per_address=1_000_000,
+                    auth_failures_per_user=1_000_000, log_level="warning")
+    return settings
+
+
+@pytest.fixture
+def records(fuzz_settings, services):
+    """A camera's status, an event with two files and a stand-alone file."""
+    owner = factories.status("cam-1")
+    files = [factories.file_record(owner, factories.file_bytes(100, seed)) for seed in (1, 2)]
+    alone = factories.file_record(owner, factories.file_bytes(50, 3), time_ms=factories.NIGHT + 9000)
+    store_locally(services.database, owner, factories.event(owner, files), alone)
+
+
+def _run_operation(operation, mode, url, auth, examples, figures, failures):
+    session = requests.Session()
+
+    @hypothesis.settings(max_examples=examples, derandomize=True, deadline=None, database=None,
+                         suppress_health_check=list(HealthCheck),
+                         phases=[Phase.explicit, Phase.generate])
+    @hypothesis.given(case=operation.as_strategy(mode))
+    def fuzz(case):
+        response = case.call(base_url=url, session=session, auth=auth, timeout=30)
+        figures["cases"] += 1
+        figures[f"status {response.status_code}"] += 1
+        try:
+            case.validate_response(response, checks=CHECKS)
+        except (FailureGroup, AssertionError) as error:  # failed checks: keep the first
+            key = (operation.label, mode.value)
+            failures.setdefault(key, f"{error}\n    {case.as_curl_command()}")
+
+    try:
+        fuzz()
+    except hypothesis.errors.Unsatisfiable:
+        # No invalid request exists for an operation without parameters or body.
+        assert mode is GenerationMode.NEGATIVE, operation.label
+        figures["operations without negative cases"] += 1
+    finally:
+        session.close()
+
+
+def _cheaper_to_generate(document: dict) -> dict:
+    """The served document with short arrays where it nests them deep (a status's regions
+    of points, a batch of statuses or events with files and meta): drawing hundreds of
+    points per case made a case cost a second. Only the lengths change."""
+    schemas = document["components"]["schemas"]
+    regions = schemas["CameraStatus"]["properties"]["regions"]
+    regions["maxItems"], regions["items"]["maxItems"] = 2, 4
+    for name, field in (("Event", "files"), ("Event", "meta"), ("FileRecord", "meta")):
+        schemas[name]["properties"][field]["maxItems"] = 3
+    schemas["BatchPlanRequest"]["properties"]["entities"]["maxItems"] = 4
+    for path in ("/import/batch/statuses", "/import/batch/records"):
+        body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        for entries in body["schema"]["properties"].values():
+            entries["maxItems"] = 3
+    return document
+
+
+@pytest.mark.parametrize("credentials", ["every_role", "none"])
+def test_every_operation_conforms_to_the_document(fuzz_settings, records, live_server,
+                                                  make_user, database_url, credentials):
+    auth = make_user("fuzzer", *ROLES) if credentials == "every_role" else None
+    document = requests.get(f"{live_server}/openapi.json", timeout=10).json()
+    schema = schemathesis.openapi.from_dict(_cheaper_to_generate(document))
+    # Credentials are the test's (or none): random ones would only be refused.
+    schema.config.generation.update(with_security_parameters=False)
+    figures, failures, timings = Counter(), {}, {}
+    started = time.monotonic()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    for operation in operations:
+        examples = FACTOR * (STREAM_EXAMPLES if operation.path in STREAMS
+                             else EXAMPLES[backend(database_url), credentials])
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            began = time.monotonic()
+            _run_operation(operation, mode, live_server, auth, examples, figures, failures)
+            timings[f"{operation.label} {mode.value}"] = time.monotonic() - began
+    elapsed = time.monotonic() - started
+    print(f"\nschemathesis ({backend(database_url)}, {credentials}): {len(operations)} operations, "
+          f"{figures['cases']} cases in {elapsed:.1f} s, {len(failures)} failing; replies: "
+          + ", ".join(f"{key} x{count}" for key, count in sorted(figures.items())
+                      if key != "cases"))
+    slowest = sorted(timings.items(), key=lambda item: -item[1])[:8]
+    print("slowest: " + ", ".join(f"{label} {seconds:.1f} s" for label, seconds in slowest))
+    assert len(operations) >= 40
+    assert not failures, "\n\n".join(f"{label} ({mode}): {message}"
+                                     for (label, mode), message in failures.items())
