@@ -48,6 +48,24 @@ def database_url(tmp_path, sqlite_template) -> str:
 
 
 @pytest.fixture
+def document_of_settings(settings):
+    """Build the app from the test's settings as they are now; returns it and its document."""
+    from meteorpi_server import create_app
+    from meteorpi_server.config import Config
+
+    apps = []
+
+    def build():
+        app = create_app(Config.from_mapping(settings))
+        apps.append(app)
+        return app, app.test_client().get("/openapi.json").get_json()
+
+    yield build
+    for app in apps:
+        app.extensions["meteorpi"].database.dispose()
+
+
+@pytest.fixture
 def document(client):
     response = client.get("/openapi.json")
     assert response.status_code == 200
@@ -123,3 +141,71 @@ def test_no_static_route(app, client):
     """Flask's default /static is gone (the status page has /status/static)."""
     assert not any(rule.rule.startswith("/static") for rule in app.url_map.iter_rules())
     assert client.get("/static/status.css").status_code == 404
+
+
+# Replies the fuzzer meets rarely or never, checked against the document here ------------
+
+def conforms(document, method: str, path: str, response) -> None:
+    """Fail unless ``response`` (a test client's) is one the document allows for the
+    operation: its status, content type, body and required headers."""
+    import schemathesis
+    from schemathesis.checks import (content_type_conformance, response_headers_conformance,
+                                     response_schema_conformance, status_code_conformance)
+
+    schema = schemathesis.openapi.from_dict(document)
+    case = schema[path][method.upper()].Case()
+    case.validate_response(response, checks=[
+        status_code_conformance, content_type_conformance, response_schema_conformance,
+        response_headers_conformance])
+
+
+def test_a_throttled_attempt_is_a_documented_429_with_retry_after(settings,
+                                                                   document_of_settings):
+    settings.update(auth_failures_per_address=2)
+    app, document = document_of_settings()
+    client = app.test_client()
+    for _ in range(2):
+        assert client.get("/cameras", auth=("nobody", "wrong")).status_code == 401
+    response = client.get("/cameras", auth=("nobody", "wrong"))
+    assert response.status_code == 429
+    assert response.headers["Retry-After"].isdigit()
+    conforms(document, "get", "/cameras", response)
+
+
+def test_a_refusal_names_the_role_and_conforms(client, document, make_user):
+    response = client.get("/exports", auth=make_user("reader", "user"))
+    assert response.status_code == 403
+    assert response.get_json()["role"] == "camera_admin"
+    conforms(document, "get", "/exports", response)
+    response = client.get("/import", auth=("reader", "wrong"))
+    assert response.status_code == 401 and response.get_json()["state"] == "failed"
+    conforms(document, "get", "/import", response)
+
+
+def test_a_cursor_past_the_newest_change_is_a_documented_400(client, document, make_user):
+    auth = make_user("reader", "user")
+    response = client.get("/changes?since=5", auth=auth)
+    assert response.status_code == 400
+    assert response.get_json()["newest"] == 0
+    conforms(document, "get", "/changes", response)
+    response = client.get("/changes/stream?since=5", auth=auth)
+    assert response.status_code == 400
+    conforms(document, "get", "/changes/stream", response)
+
+
+def test_the_legacy_handshake_conforms(client, document, exporter_auth):
+    import factories
+
+    owner = factories.status()
+    data = factories.file_bytes(64)
+    record = factories.file_record(owner, data)
+    event = factories.event(owner, [record])
+    steps = [("post", "/import", {"json": {"type": "event", "event": event.to_dict()}}),
+             ("post", "/import", {"json": {"type": "status", "status": owner.to_dict()}}),
+             ("get", "/import", {})]
+    for method, path, body in steps:
+        response = getattr(client, method)(path, auth=exporter_auth, **body)
+        assert response.status_code == 200, response.get_json()
+        conforms(document, method, path, response)
+    response = client.get("/cameras/cam-1", auth=exporter_auth)
+    assert response.status_code == 403
