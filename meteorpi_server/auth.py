@@ -179,7 +179,9 @@ class Users:
 
         ``address`` is the client's, for the throttle and the log: Throttled is raised,
         without hashing, when it or ``name`` has failed too often lately, unless these
-        credentials were verified recently (the cache, which costs no hash).
+        credentials were verified recently (the cache, which costs no hash); a name's
+        failures do not count against an address it logged in from lately (see
+        :mod:`.throttle`). Each failure is counted by the throttle and logged.
         """
         if not isinstance(name, str) or not isinstance(password, str):
             return None
