@@ -103,11 +103,14 @@ class TimedReads:
 class _Waiting:
     """A connection whose next request head (and small body) is being read in the loop."""
 
-    __slots__ = ("buffer", "deadline", "head_end", "body_length", "started")
+    __slots__ = ("buffer", "deadline", "watched", "scanned", "head_end", "body_length",
+                 "started")
 
     def __init__(self, data: bytes, deadline: float, started: bool):
         self.buffer = bytearray(data)
         self.deadline = deadline
+        self.watched = 0.0  # the deadline last put on the worker's heap
+        self.scanned = 0  # bytes of buffer known not to hold the head's end
         self.head_end: int | None = None
         self.body_length = 0
         self.started = started  # a byte of the request has arrived
@@ -188,9 +191,16 @@ class Worker(ThreadWorker):
         if data and self._progress(conn, state, now):
             return
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
-        self._watch(conn, state.deadline)
+        self._watch(conn, state)
 
-    def _watch(self, conn, deadline: float) -> None:
+    def _watch(self, conn, state: _Waiting) -> None:
+        """Put the connection's deadline on the heap (an entry per deadline it had: a
+        stale one is skipped when it comes up)."""
+        if state.deadline != state.watched:
+            state.watched = state.deadline
+            self._push(conn, state.deadline)
+
+    def _push(self, conn, deadline: float) -> None:
         heapq.heappush(self._deadlines, (deadline, next(self._sequence), conn))
 
     def _readable(self, conn, sock) -> None:
@@ -210,24 +220,30 @@ class Worker(ThreadWorker):
         if not state.started:
             state.started = True
             state.deadline = now + self.header_timeout
-            self._watch(conn, state.deadline)
         state.buffer += data
         if state.head_end is not None:  # a small body: each read may wait body_timeout
             state.deadline = now + self.body_timeout
-            self._watch(conn, state.deadline)
-        self._progress(conn, state, now)
+        if not self._progress(conn, state, now):
+            self._watch(conn, state)
 
     def _progress(self, conn, state: _Waiting, now: float) -> bool:
         """Look at what has arrived; True if the connection left the loop's reading
         (handed to a thread, or answered and closed)."""
         buffer = state.buffer
         if state.head_end is None:
-            end = buffer.find(_HEAD_END)
+            # Only what arrived since the last look (and 3 bytes before it) is searched.
+            start = max(0, state.scanned - 3)
+            end = buffer.find(_HEAD_END, start)
             if end < 0:
-                if buffer.count(b"\n") != buffer.count(b"\r\n"):
+                new = buffer[state.scanned:]
+                bare = new.count(b"\n") - new.count(b"\r\n")
+                if new[:1] == b"\n" and buffer[state.scanned - 1:state.scanned] == b"\r":
+                    bare -= 1  # the CRLF straddles two reads
+                if bare:
                     # A bare LF: gunicorn's parser rejects it (400) without waiting.
                     self._dispatch(conn, state)
                     return True
+                state.scanned = len(buffer)
                 if len(buffer) > MAX_HEAD_BYTES:
                     self._refuse(conn, _reply(
                         _HEAD_TOO_LARGE, "head_too_large",
@@ -237,7 +253,6 @@ class Worker(ThreadWorker):
             state.head_end = end + len(_HEAD_END)
             state.body_length = _small_body_length(bytes(buffer[:end]))
             state.deadline = now + self.body_timeout
-            self._watch(conn, state.deadline)
         if len(buffer) >= state.head_end + state.body_length:
             self._dispatch(conn, state)
             return True
@@ -291,7 +306,7 @@ class Worker(ThreadWorker):
             return
         deadline = time.monotonic() + LINGER_SECONDS
         self._lingering[conn] = deadline
-        self._watch(conn, deadline)
+        self._push(conn, deadline)
 
     def _discard(self, conn, sock) -> None:
         try:
@@ -329,7 +344,7 @@ class Worker(ThreadWorker):
             for conn, state in self._waiting.items():
                 if not state.started and state.deadline > limit:
                     state.deadline = limit
-                    self._watch(conn, limit)
+                    self._watch(conn, state)
 
     def _expire(self, force: bool) -> None:
         now = time.monotonic()
