@@ -190,8 +190,17 @@ class Worker(ThreadWorker):
         self._waiting[conn] = state
         if data and self._progress(conn, state, now):
             return
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._guarded, conn))
         self._watch(conn, state)
+
+    def _guarded(self, conn, sock) -> None:
+        # An error here would otherwise end the worker's loop, and the worker with it.
+        try:
+            self._readable(conn, sock)
+        except Exception:
+            self.log.exception("Error reading a request head from %s", _address(conn.client))
+            if conn in self._waiting:
+                self._drop(conn)
 
     def _watch(self, conn, state: _Waiting) -> None:
         """Put the connection's deadline on the heap (an entry per deadline it had: a
