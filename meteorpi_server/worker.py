@@ -254,6 +254,7 @@ class Worker(ThreadWorker):
                     return True
                 state.scanned = len(buffer)
                 if len(buffer) > MAX_HEAD_BYTES:
+                    _count_cut("head_too_large")
                     self._refuse(conn, _reply(
                         _HEAD_TOO_LARGE, "head_too_large",
                         f"the request head is larger than {MAX_HEAD_BYTES} bytes"))
@@ -378,10 +379,19 @@ class Worker(ThreadWorker):
             return
         if state.head_end is None:
             what = f"the request head was not complete within {self.header_timeout:g} s"
+            _count_cut("head_timeout")
         else:
             what = f"the request body stopped arriving for {self.body_timeout:g} s"
+            _count_cut("body_timeout")
         self.log.info("Closed the connection from %s: %s", _address(conn.client), what)
         self._refuse(conn, _reply(_REQUEST_TIMEOUT, "request_timeout", what))
+
+
+def _count_cut(reason: str) -> None:
+    # Imported here, in the worker process: the arbiter imports this module too.
+    from .observe.metrics import CONNECTIONS_CUT
+
+    CONNECTIONS_CUT.labels(reason).inc()
 
 
 def _address(client) -> str:

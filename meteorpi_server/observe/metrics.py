@@ -71,6 +71,11 @@ OPEN_CONNECTIONS = Gauge(
     "Change-feed requests open now: long_poll (GET /changes waiting) or stream "
     "(GET /changes/stream and the status page's stream).",
     ["kind"], multiprocess_mode="livesum")
+CONNECTIONS_CUT = Counter(
+    "meteorpi_connections_cut_total",
+    "Connections `meteorpi serve` closed before their request reached the app, by reason: "
+    "head_timeout (head not all in within header_timeout_seconds), body_timeout (a small "
+    "body silent for body_read_timeout_seconds), head_too_large (431).", ["reason"])
 
 
 # Any other method (a client may send anything) is counted as "other": one series each.

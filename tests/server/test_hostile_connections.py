@@ -281,6 +281,8 @@ def test_a_half_sent_head_is_cut_off(slow_client_settings, gunicorn_server):
         assert time.monotonic() - started >= TIMEOUT - 0.5
     assert ending.startswith(b"HTTP/1.1 408 "), ending
     assert b"request_timeout" in ending
+    metrics = requests.get(f"{server.url}/metrics", timeout=30).text
+    assert 'meteorpi_connections_cut_total{reason="head_timeout"} 1.0' in metrics
 
 
 @pytest.mark.parametrize("length", [100, 200 * 1024], ids=["small", "streamed"])
