@@ -173,6 +173,9 @@ class Worker(ThreadWorker):
                 self.nr_conns -= 1
                 self._linger(conn)
         except Exception:
+            self.log.exception("Error after a request from %s", _address(conn.client))
+            self._waiting.pop(conn, None)
+            self._unregister(conn)
             self.nr_conns -= 1
             conn.close()
 
