@@ -70,21 +70,33 @@ def fuzz_settings(settings):
 
 
 @pytest.fixture
-def records(fuzz_settings, services):
-    """A camera's status, an event with two files and a stand-alone file."""
+def records(fuzz_settings, services) -> dict:
+    """A camera's status, an event with two files and a stand-alone file (with its bytes);
+    returns path parameters that name them."""
     owner = factories.status("cam-1")
     files = [factories.file_record(owner, factories.file_bytes(100, seed)) for seed in (1, 2)]
-    alone = factories.file_record(owner, factories.file_bytes(50, 3), time_ms=factories.NIGHT + 9000)
+    data = factories.file_bytes(50, 3)
+    alone = factories.file_record(owner, data, time_ms=factories.NIGHT + 9000)
     store_locally(services.database, owner, factories.event(owner, files), alone)
+    path = services.files.path_for(alone.file_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"camera_id": owner.camera_id, "time_ms": str(factories.NIGHT + 5000),
+            "file_id": alone.file_id.hex, "md5": alone.md5, "file_name": "named.png",
+            "name": "fuzz-export"}
 
 
-def _run_operation(operation, mode, url, auth, examples, figures, failures):
+EXPORT = {"type": "event", "name": "fuzz-export", "target_url": "http://127.0.0.1:9/import",
+          "user_id": "node", "password": "secret", "search": {"limit": 10}}
+
+
+def _run_operation(operation, mode, url, auth, examples, figures, failures, path_parameters=None):
     session = requests.Session()
 
     @hypothesis.settings(max_examples=examples, derandomize=True, deadline=None, database=None,
                          suppress_health_check=list(HealthCheck),
                          phases=[Phase.explicit, Phase.generate])
-    @hypothesis.given(case=operation.as_strategy(mode))
+    @hypothesis.given(case=operation.as_strategy(mode, path_parameters=path_parameters))
     def fuzz(case):
         response = case.call(base_url=url, session=session, auth=auth, timeout=30)
         figures["cases"] += 1
@@ -92,7 +104,7 @@ def _run_operation(operation, mode, url, auth, examples, figures, failures):
         try:
             case.validate_response(response, checks=CHECKS)
         except (FailureGroup, AssertionError) as error:  # failed checks: keep the first
-            key = (operation.label, mode.value)
+            key = (operation.label, mode.value + (" (existing)" if path_parameters else ""))
             failures.setdefault(key, f"{error}\n    {case.as_curl_command()}")
 
     try:
@@ -140,6 +152,15 @@ def test_every_operation_conforms_to_the_document(fuzz_settings, records, live_s
             began = time.monotonic()
             _run_operation(operation, mode, live_server, auth, examples, figures, failures)
             timings[f"{operation.label} {mode.value}"] = time.monotonic() - began
+        # Random path parameters name nothing (404s, which must conform too); these name
+        # the records above and an export configuration, so the replies about them are
+        # fuzzed as well: their queries, headers and bodies are generated.
+        names = {parameter.name for parameter in operation.path_parameters}
+        if names and names <= set(records):
+            if auth is not None:  # put the export back (a DELETE may have removed it)
+                requests.post(f"{live_server}/exports", json=EXPORT, auth=auth, timeout=10)
+            _run_operation(operation, GenerationMode.POSITIVE, live_server, auth, examples,
+                           figures, failures, {name: records[name] for name in names})
     elapsed = time.monotonic() - started
     print(f"\nschemathesis ({backend(database_url)}, {credentials}): {len(operations)} operations, "
           f"{figures['cases']} cases in {elapsed:.1f} s, {len(failures)} failing; replies: "
