@@ -14,7 +14,8 @@ READ_ONLY = {"GET", "HEAD", "OPTIONS"}
 # Routes that are deliberately open to anyone (read-only ones only).
 # /metrics follows the metrics_access setting, public by default (test_metrics_endpoint.py
 # checks it refuses strangers when the setting names a role).
-PUBLIC_ROUTES = {"/health", "/health/ready", "/metrics"}
+# /openapi.json describes the API (no secrets), for anyone (tests/api/test_openapi.py).
+PUBLIC_ROUTES = {"/health", "/health/ready", "/metrics", "/openapi.json"}
 # The status page (meteorpi_server/web) is for people in a browser: they log in through a
 # form and carry a session cookie, not HTTP Basic credentials (an EventSource cannot send
 # them). Its refusals are 401s without a Basic challenge, which would make the browser pop
