@@ -159,6 +159,10 @@ def add(session: Session, configuration: ExportConfiguration) -> ExportView:
     if session.scalar(select(ExportConfigRow.config_id)
                       .where(ExportConfigRow.name == configuration.name)) is not None:
         raise ConfigExists(configuration.name)
+    holder = session.scalar(select(ExportConfigRow.name)
+                            .where(ExportConfigRow.config_id == configuration.config_id))
+    if holder is not None:  # a client may choose the id, so it may choose a taken one
+        raise ConfigExists(holder, configuration.config_id.hex)
     row = ExportConfigRow(
         config_id=configuration.config_id, name=configuration.name,
         description=configuration.description, target_url=configuration.target_url,

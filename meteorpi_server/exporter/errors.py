@@ -67,9 +67,14 @@ class ConfigNotFound(ExportConfigError):
 
 
 class ConfigExists(ExportConfigError):
-    """An export configuration with this name already exists."""
+    """An export configuration with this name (or this config_id) already exists."""
 
-    def __init__(self, name: str):
-        super().__init__(f"an export configuration named {name!r} already exists; choose "
-                         "another name or remove it first")
+    def __init__(self, name: str, config_id: str | None = None):
+        if config_id is None:
+            message = (f"an export configuration named {name!r} already exists; choose "
+                       "another name or remove it first")
+        else:
+            message = (f"an export configuration with config_id {config_id} already exists "
+                       f"(named {name!r}); leave config_id out to have a new one made")
+        super().__init__(message)
         self.name = name

@@ -224,6 +224,17 @@ def test_a_duplicate_name_is_a_conflict(client, admin):
     assert reply.status_code == 409 and "already exists" in reply.json["message"]
 
 
+def test_a_taken_config_id_is_a_conflict(client, admin):
+    """Found by the OpenAPI fuzzer: the client chooses config_id, and a taken one under
+    another name was a 500 (the database's primary key refused it)."""
+    config_id = "0" * 32
+    assert client.post("/exports", json=new_export(config_id=config_id), auth=admin).status_code == 201
+    reply = client.post("/exports", json=new_export(name="another", config_id=config_id), auth=admin)
+    assert reply.status_code == 409
+    assert config_id in reply.json["message"] and reply.json["error"] == "conflict"
+    assert [export["name"] for export in client.get("/exports", auth=admin).json["exports"]] == ["central"]
+
+
 @pytest.mark.parametrize("changes, field", [
     ({"name": "renamed"}, "name"),
     ({"enabled": "no"}, "enabled"),
