@@ -13,6 +13,7 @@ The figures (operations, cases, failures) are printed (pytest -s, or -rA).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from collections import Counter
@@ -84,7 +85,9 @@ def records(fuzz_settings, services) -> dict:
     path.write_bytes(data)
     return {"camera_id": owner.camera_id, "time_ms": str(factories.NIGHT + 5000),
             "file_id": alone.file_id.hex, "md5": alone.md5, "file_name": "named.png",
-            "name": "fuzz-export"}
+            "name": "fuzz-export",
+            # The legacy searches' path: random text is seldom JSON, so this finds records.
+            "search_json": json.dumps({"camera_ids": ["cam-1"], "limit": 5, "skip": 0})}
 
 
 EXPORT = {"type": "event", "name": "fuzz-export", "target_url": "http://127.0.0.1:9/import",
