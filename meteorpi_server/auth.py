@@ -8,6 +8,7 @@ from the database on every request, so a role change or a removal applies at onc
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -34,8 +35,14 @@ from .throttle import AuthThrottle, Throttled
 log = logging.getLogger("meteorpi.auth")
 
 MAX_NAME_LENGTH = 255
-# Checked against unknown user names so that a wrong name costs as much as a wrong password.
-_DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against unknown user names so that a wrong name costs as much as a wrong
+    password. Made on first use, not at import: a hash costs a full scrypt (about 80 ms
+    of a core), which every ``meteorpi`` command would otherwise pay at start-up."""
+    return generate_password_hash(secrets.token_hex(16))
 
 
 def _usable_credentials(name: str, password: str) -> bool:
@@ -201,7 +208,7 @@ class Users:
         if maybe_remembered:  # remembered under another stored hash: the password changed
             self._check_throttle(address, name)
         if not rows:
-            check_password_hash(_DUMMY_HASH, password)
+            check_password_hash(_dummy_hash(), password)
             self._failed(address, name, "unknown_user")
             return None
         password_hash, created_at = rows[0].password_hash, rows[0].created_at

@@ -193,7 +193,7 @@ def cheap_password_hashing(request, monkeypatch):
     monkeypatch.setattr(auth_module, "generate_password_hash",
                         partial(generate_password_hash, method=CHEAP_HASH_METHOD))
     # Unknown names are checked against this, to cost what a wrong password costs.
-    monkeypatch.setattr(auth_module, "_DUMMY_HASH", _CHEAP_DUMMY_HASH)
+    monkeypatch.setattr(auth_module, "_dummy_hash", lambda: _CHEAP_DUMMY_HASH)
 
 
 _CHEAP_DUMMY_HASH = generate_password_hash(secrets.token_hex(16), method=CHEAP_HASH_METHOD)

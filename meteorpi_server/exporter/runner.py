@@ -383,12 +383,31 @@ class Exporter:
         """The task's entity; None (and the task given up) if it is gone from this node."""
         entity = self.source.entity(task.entity_type, task.entity_id)
         if entity is None:
-            with self.database.write() as session:
-                tasks.give_up(session, task, f"the {task.entity_type} no longer exists on this node")
-            summary.refused += 1
-            batch.refused += 1
-            self.reporter.entity_done(row.name, False, 0)
+            self._give_up_gone(row, task, summary, batch)
         return entity
+
+    def _entities_of(self, row: ExportConfigRow, batch_tasks: list[tasks.Task],
+                     summary: TargetSummary, batch: Batch) -> list[tuple[tasks.Task, object]]:
+        """The tasks' entities, loaded together (one at a time cost a transaction and a
+        few queries each, a fifth of a night's export); the tasks of entities gone from
+        this node are given up."""
+        found = self.source.entities([(task.entity_type, task.entity_id) for task in batch_tasks])
+        pending = []
+        for task in batch_tasks:
+            entity = found.get(task.entity_id)
+            if entity is None:
+                self._give_up_gone(row, task, summary, batch)
+            else:
+                pending.append((task, entity))
+        return pending
+
+    def _give_up_gone(self, row: ExportConfigRow, task: tasks.Task, summary: TargetSummary,
+                      batch: Batch) -> None:
+        with self.database.write() as session:
+            tasks.give_up(session, task, f"the {task.entity_type} no longer exists on this node")
+        summary.refused += 1
+        batch.refused += 1
+        self.reporter.entity_done(row.name, False, 0)
 
     def _send(self, row: ExportConfigRow, client: ImportClient, task: tasks.Task,
               stop: StopSignal, summary: TargetSummary, batch: Batch) -> bool:
@@ -415,8 +434,7 @@ class Exporter:
         if the target failed (no outcome is recorded then: the next plan finds what the
         target already holds, so nothing is sent twice)."""
         batch.entities += len(batch_tasks)
-        pending = [(task, entity) for task in batch_tasks
-                   if (entity := self._entity_of(row, task, summary, batch)) is not None]
+        pending = self._entities_of(row, batch_tasks, summary, batch)
         stats = BatchStats()
         try:
             results = sender.send([entity for _, entity in pending], stats=stats, stop=stop,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import BinaryIO
+from typing import BinaryIO, Collection
 
 from sqlalchemy import func, or_, select
 
@@ -39,6 +39,19 @@ class StoreSource:
             if entity_type == "event":
                 return store.get_event(session, entity_id)
             return store.get_file_record(session, entity_id)
+
+    def entities(self, wanted: Collection[tuple[str, uuid.UUID]]) -> dict[uuid.UUID, Event | FileRecord]:
+        """The events and stand-alone files named by (type, id) pairs that are still here,
+        by id, loaded in one transaction with a few queries a type."""
+        event_ids = [entity_id for entity_type, entity_id in wanted if entity_type == "event"]
+        file_ids = [entity_id for entity_type, entity_id in wanted if entity_type != "event"]
+        with self.database.read() as session:
+            found: dict[uuid.UUID, Event | FileRecord] = {}
+            if event_ids:
+                found.update(store.get_events(session, event_ids))
+            if file_ids:
+                found.update(store.get_file_records(session, file_ids))
+            return found
 
 
 def pending_bytes(database: Database, config_id: uuid.UUID, due_by: int | None = None) -> int:

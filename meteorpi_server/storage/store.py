@@ -509,6 +509,19 @@ def get_file_record(session: Session, file_id: uuid.UUID) -> FileRecord | None:
     return None if row is None else file_record_from_row(row)
 
 
+def get_events(session: Session, event_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Event]:
+    """The stored ones of ``event_ids``, by id: a query for the events and one each for
+    their files and meta (selectin), not a round of queries per event."""
+    rows = session.scalars(select(EventRow).where(EventRow.event_id.in_(list(event_ids))))
+    return {row.event_id: event_from_row(row) for row in rows}
+
+
+def get_file_records(session: Session, file_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, FileRecord]:
+    """The stored ones of ``file_ids``, by id, loaded together (see :func:`get_events`)."""
+    rows = session.scalars(select(FileRecordRow).where(FileRecordRow.file_id.in_(list(file_ids))))
+    return {row.file_id: file_record_from_row(row) for row in rows}
+
+
 def count_rows(session: Session) -> dict[str, int]:
     """How many rows each record table holds (for tests, status pages and benchmarks)."""
     tables = {"statuses": CameraStatusRow, "events": EventRow, "files": FileRecordRow,
