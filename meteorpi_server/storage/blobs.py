@@ -72,6 +72,7 @@ class Blobs:
         written = group.written()
         if not written:
             return []
+        group.make_durable()  # before the lock: other writers wait only for the renames
         with self.files.locked(written):
             stored = group.commit(exclude=self._release(written))
             self._record(stored)

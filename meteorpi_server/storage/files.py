@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import logging
 import os
 import secrets
+import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from meteorpi_model import MD5Stream
 CHUNK_SIZE = 1 << 20
 UPLOADS_DIR = ".uploads"
 LOCKS_DIR = ".locks"
+PLACEMENT_LOCK = "placement"
 
 log = logging.getLogger("meteorpi.files")
 
@@ -43,6 +46,32 @@ def _load_syncfs():
 
 
 _SYNCFS = _load_syncfs()
+
+# Open file description locks (Linux 3.15+): byte-range locks owned by an open file, not
+# by a process, so they exclude threads as well as processes.
+_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
+# struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for these locks), padded to 8.
+_FLOCK = struct.Struct("@hhqqi0q")
+
+
+def _lock_offset(file_id: uuid.UUID) -> int:
+    """The byte of the placement lock file that stands for ``file_id`` (60 bits of its id:
+    two ids sharing one only wait for each other)."""
+    return int(file_id.hex[:15], 16)
+
+
+def _lock_bytes(descriptor: int, offsets: list[int]) -> bool:
+    """Lock one byte at each of ``offsets`` (sorted), waiting as long as it takes; False
+    if the kernel refuses open file description locks (the caller then falls back)."""
+    for offset in offsets:
+        request = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+        try:
+            fcntl.fcntl(descriptor, _OFD_SETLKW, request)
+        except OSError as error:
+            if error.errno == errno.EINVAL and offset == offsets[0]:
+                return False
+            raise
+    return True
 
 
 class FileStoreError(Exception):
@@ -160,13 +189,32 @@ class FileStore:
         """Hold the placement lock of ``file_ids``, across threads and processes.
 
         Whoever puts bytes at a final path or removes them holds this, so the check of
-        what is stored, the rename and the index row it goes with happen as one step. The
-        locks are striped by a file's shard (256 lock files), taken in order so two
-        holders never wait for each other.
+        what is stored, the rename and the index row it goes with happen as one step.
+
+        Each id has its own lock: a byte of one lock file, locked with Linux's open file
+        description locks (one descriptor per holder, so threads of a process exclude each
+        other too). Two bundles of different files never wait for each other; with a lock
+        per shard (the fallback where those locks are missing) two bundles of a few hundred
+        files shared nearly every shard and ran one after the other. Locks are taken in
+        order, so two holders never wait for each other in a cycle.
         """
-        stripes = sorted({file_id.hex[:2] for file_id in file_ids})
         directory = self.root / LOCKS_DIR
         directory.mkdir(parents=True, exist_ok=True)
+        if _OFD_SETLKW is not None:
+            descriptor = os.open(directory / PLACEMENT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if _lock_bytes(descriptor, sorted({_lock_offset(file_id) for file_id in file_ids})):
+                    yield
+                    return
+            finally:
+                os.close(descriptor)  # releases every lock taken through it
+        with self._stripes_locked(directory, file_ids):
+            yield
+
+    @contextlib.contextmanager
+    def _stripes_locked(self, directory: Path, file_ids: Collection[uuid.UUID]) -> Iterator[None]:
+        """The fallback: a lock file per shard (256), each held with flock."""
+        stripes = sorted({file_id.hex[:2] for file_id in file_ids})
         with contextlib.ExitStack() as stack:
             for stripe in stripes:
                 descriptor = os.open(directory / stripe, os.O_RDWR | os.O_CREAT, 0o644)
@@ -292,9 +340,9 @@ class FileGroup:
 
     A night's images are tens of KB each: an fsync per file and per directory would cost
     more than writing them. A group verifies each file's md5 as it arrives and keeps it
-    under ``.uploads/``; :meth:`commit` then makes them all durable with one ``syncfs`` of
-    the store's file system, renames the verified files into place and makes the renames
-    durable with a second one. Where syncfs is missing it falls back to an fsync per file
+    under ``.uploads/``; :meth:`commit` (or :meth:`make_durable` before it) makes them all
+    durable with one ``syncfs`` of the store's file system; :meth:`commit` then renames the
+    verified files into place and makes the renames durable with a second one. Where syncfs is missing it falls back to an fsync per file
     and per directory. Until :meth:`commit` returns, no file of the group is at its final
     path unless complete and verified; a crash leaves at worst files under ``.uploads/``
     (removed by the sweep) or verified files whose blob rows were never written (removed
@@ -304,6 +352,7 @@ class FileGroup:
     def __init__(self, store: FileStore):
         self.store = store
         self._written: list[tuple[StoredFile, Path]] = []
+        self._durable: set[uuid.UUID] = set()
         store.uploads.mkdir(parents=True, exist_ok=True)
 
     def write(self, file_id: uuid.UUID, source: BinaryIO, expected_md5: str,
@@ -324,6 +373,23 @@ class FileGroup:
         """The files verified so far and not yet committed: id: md5."""
         return {stored.file_id: stored.md5 for stored, _ in self._written}
 
+    def make_durable(self) -> None:
+        """Make the verified files' bytes durable where they are, under ``.uploads/``.
+
+        Nothing there is visible, so this needs no placement lock: done before
+        :meth:`commit`, it leaves the lock holder only the renames and their sync.
+        """
+        pending = [(stored, temporary) for stored, temporary in self._written
+                   if stored.file_id not in self._durable]
+        self._sync_bytes(pending)
+        self._durable.update(stored.file_id for stored, _ in pending)
+
+    def _sync_bytes(self, files: list[tuple[StoredFile, Path]]) -> None:
+        if files and (_SYNCFS is None or not self._syncfs()):
+            for _, temporary in files:
+                with open(temporary, "rb") as handle:
+                    os.fsync(handle.fileno())
+
     def commit(self, exclude: Collection[uuid.UUID] = ()) -> list[StoredFile]:
         """Make every verified file durable and move it into place; return them.
 
@@ -335,12 +401,11 @@ class FileGroup:
                 temporary.unlink(missing_ok=True)
         written = [(stored, temporary) for stored, temporary in written
                    if stored.file_id not in exclude]
+        durable, self._durable = self._durable, set()
         if not written:
             return []
-        if _SYNCFS is None or not self._syncfs():
-            for _, temporary in written:
-                with open(temporary, "rb") as handle:
-                    os.fsync(handle.fileno())
+        self._sync_bytes([(stored, temporary) for stored, temporary in written
+                          if stored.file_id not in durable])
         directories, new_shard = set(), False
         for stored, temporary in written:
             final = self.store.path_for(stored.file_id)
