@@ -1,11 +1,12 @@
 """The meteorpi replication server: a Flask app built by :func:`create_app`."""
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from flask import Flask
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .config import Config, load_config
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 __all__ = ["create_app", "Config", "load_config"]
 
@@ -13,6 +14,10 @@ __all__ = ["create_app", "Config", "load_config"]
 def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     """Build the WSGI app. ``config`` is a Config, a mapping of settings, or None for
     the configuration file and environment (see :func:`load_config`)."""
+    # Imported here, not above: CLI commands that build no app (export run, the
+    # exporter's cron job) start without loading Flask.
+    from flask import Flask
+
     from . import web
     from .api import batch, cameras, downloads, errors, exports, feed, health, importer, search
     from .api import metrics, openapi, replication

@@ -4,15 +4,18 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from meteorpi_model import ROLES
 
-from .auth import UserError, Users, VerificationCache
 from .config import Config, ConfigError, load_config
 from .storage.db import Database, NoDatabase, SchemaError
 from .storage.files import FileStore
+
+if TYPE_CHECKING:
+    from .auth import Users
 
 FIRST_USER = "admin"
 
@@ -64,6 +67,8 @@ class Context:
         return "the embedded default: neither --config nor METEORPI_CONFIG was given"
 
     def users(self) -> Users:
+        from .auth import Users, VerificationCache
+
         return Users(self.database(), VerificationCache(0, 0), self.config.min_password_length)
 
 
@@ -89,8 +94,15 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, SchemaError, UserError) as error:
+        except (ConfigError, SchemaError) as error:
             raise click.ClickException(str(error)) from None
+        except ValueError as error:
+            # auth is imported only by the commands that manage users (so that others
+            # start without its libraries): if it is not loaded, this is no UserError.
+            auth = sys.modules.get("meteorpi_server.auth")
+            if auth is not None and isinstance(error, auth.UserError):
+                raise click.ClickException(str(error)) from None
+            raise
         except (OperationalError, InterfaceError) as error:
             raise click.ClickException(_unreachable(ctx.find_object(Context), error)) from None
 
@@ -251,6 +263,8 @@ def files_gc(context: Context, quiet: bool) -> None:
 
 def ensure_first_user(user_directory: Users) -> str | None:
     """On a server with no users, create ``admin`` with every role; return its password."""
+    from .auth import UserError
+
     if user_directory.count():
         return None
     password = secrets.token_urlsafe(18)
@@ -272,6 +286,7 @@ def serve(context: Context, host: str | None, port: int | None, workers: int | N
     It says "serving on" once it listens; if it cannot (port in use, no such address,
     permission denied), it says why in one line and exits with status 1.
     """
+    from .auth import Users, VerificationCache
     from .serving import ListenError, listen, run_gunicorn
 
     if port is not None and not 1 <= port <= 65535:
