@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import re
 import uuid
 from dataclasses import dataclass
@@ -71,16 +73,24 @@ class NSString:
         """Parse the wire form ``"ns:value"`` (or ``"value"`` for the meteorpi namespace)."""
         if not isinstance(text, str):
             raise ValidationError(path, "must be a string")
-        namespace, colon, value = text.partition(":")
-        if not colon:
-            namespace, value = DEFAULT_NAMESPACE, text
         with F.errors_under(path):
-            return cls(value, namespace)
+            return _parsed(cls, text)
 
     def __str__(self) -> str:
         # Always qualified, even for the default namespace, so that every
         # reader splits it the same way.
         return f"{self.namespace}:{self.value}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(cls: type[NSString], text: str) -> NSString:
+    """``text`` parsed, remembered: a batch names the same few types and meta keys
+    thousands of times, and each parse checks both parts. NSStrings are immutable, so one
+    may be shared; a text that fails is not remembered."""
+    namespace, colon, value = text.partition(":")
+    if not colon:
+        namespace, value = DEFAULT_NAMESPACE, text
+    return cls(value, namespace)
 
 
 def _as_key(key: str | NSString) -> NSString:

@@ -454,8 +454,7 @@ class Exporter:
         pending = [(task, entity) for task, entity in pending if entity.id in results]
         completed = [(task, entity) for task, entity in pending if results[entity.id].ok]
         with self.database.write() as session:  # one commit for the batch's confirmations
-            for task, _ in completed:
-                tasks.complete(session, task)
+            tasks.complete_many(session, row.config_id, [task.entity_id for task, _ in completed])
             # (an entity refused after a fallback to the legacy handshake has its uploads
             # counted where its refusal is recorded)
             tasks.note_sent(

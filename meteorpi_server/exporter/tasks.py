@@ -70,12 +70,23 @@ def due_tasks(session: Session, config_id: uuid.UUID, limit: int,
 
 def complete(session: Session, task: Task, now: int | None = None) -> None:
     """The target confirmed the entity: the task is done and the target is working."""
+    complete_many(session, task.config_id, [task.entity_id], now)
+
+
+def complete_many(session: Session, config_id: uuid.UUID, entity_ids: list[uuid.UUID],
+                  now: int | None = None) -> None:
+    """The target confirmed these entities of one configuration: an UPDATE per thousand
+    (a batch's confirmations were an UPDATE each, and a second for the target's success)."""
+    if not entity_ids:
+        return
     now = now_ms() if now is None else now
-    session.execute(
-        update(ExportTaskRow)
-        .where(ExportTaskRow.config_id == task.config_id, ExportTaskRow.entity_id == task.entity_id)
-        .values(state=DONE, finished_at=now, last_error=None))
-    note_target_success(session, task.config_id, now)
+    for start in range(0, len(entity_ids), 1000):
+        session.execute(
+            update(ExportTaskRow)
+            .where(ExportTaskRow.config_id == config_id,
+                   ExportTaskRow.entity_id.in_(entity_ids[start:start + 1000]))
+            .values(state=DONE, finished_at=now, last_error=None))
+    note_target_success(session, config_id, now)
 
 
 def refuse(session: Session, task: Task, reason: str, backoff: Backoff, max_attempts: int,

@@ -9,8 +9,9 @@ import dataclasses
 import hashlib
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Collection, Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -363,19 +364,27 @@ def _insert_rows(session: Session, table, rows: list[dict]) -> None:
 
 
 def file_record_from_row(row: FileRecordRow) -> FileRecord:
+    return _file_record(row, row.meta)
+
+
+def event_from_row(row: EventRow) -> Event:
+    return _event(row, [file_record_from_row(file_row) for file_row in row.files], row.meta)
+
+
+def _file_record(row, meta_rows) -> FileRecord:
+    """A file record from its row and its meta rows (ORM objects or Core rows alike)."""
     return FileRecord(
         file_id=row.file_id, camera_id=row.camera_id, mime_type=row.mime_type,
         semantic_type=NSString.parse(row.semantic_type), file_time=row.file_time,
         file_size=row.file_size, status_id=row.status_id, md5=row.md5,
-        file_name=row.file_name, meta=[_meta_from_row(meta) for meta in row.meta])
+        file_name=row.file_name, meta=[_meta_from_row(meta) for meta in meta_rows])
 
 
-def event_from_row(row: EventRow) -> Event:
+def _event(row, files: list[FileRecord], meta_rows) -> Event:
     return Event(
         event_id=row.event_id, camera_id=row.camera_id, event_time=row.event_time,
         event_type=NSString.parse(row.event_type), status_id=row.status_id,
-        files=[file_record_from_row(file_row) for file_row in row.files],
-        meta=[_meta_from_row(meta) for meta in row.meta])
+        files=files, meta=[_meta_from_row(meta) for meta in meta_rows])
 
 
 # Writes ----------------------------------------------------------------------------
@@ -510,16 +519,52 @@ def get_file_record(session: Session, file_id: uuid.UUID) -> FileRecord | None:
 
 
 def get_events(session: Session, event_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Event]:
-    """The stored ones of ``event_ids``, by id: a query for the events and one each for
-    their files and meta (selectin), not a round of queries per event."""
-    rows = session.scalars(select(EventRow).where(EventRow.event_id.in_(list(event_ids))))
-    return {row.event_id: event_from_row(row) for row in rows}
+    """The stored ones of ``event_ids``, by id, loaded together for an exporter's batch.
+
+    Core queries (the events, their meta, their files and the files' meta), not the ORM:
+    for a batch of 500 events the ORM's identity map and instrumented collections cost
+    three times the queries themselves.
+    """
+    events, meta, file_rows = [], defaultdict(list), []
+    for ids in _slices(event_ids):
+        events += session.execute(select(EventRow.__table__).where(EventRow.event_id.in_(ids))).all()
+        for row in session.execute(select(EventMetaRow.__table__).where(EventMetaRow.event_id.in_(ids))
+                                   .order_by(EventMetaRow.event_id, EventMetaRow.position)):
+            meta[row.event_id].append(row)
+        file_rows += session.execute(
+            select(FileRecordRow.__table__).where(FileRecordRow.event_id.in_(ids))
+            .order_by(FileRecordRow.event_id, FileRecordRow.event_position)).all()
+    files = defaultdict(list)
+    for row, record in zip(file_rows, _file_records(session, file_rows)):
+        files[row.event_id].append(record)
+    return {row.event_id: _event(row, files[row.event_id], meta[row.event_id]) for row in events}
 
 
 def get_file_records(session: Session, file_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, FileRecord]:
     """The stored ones of ``file_ids``, by id, loaded together (see :func:`get_events`)."""
-    rows = session.scalars(select(FileRecordRow).where(FileRecordRow.file_id.in_(list(file_ids))))
-    return {row.file_id: file_record_from_row(row) for row in rows}
+    rows = []
+    for ids in _slices(file_ids):
+        rows += session.execute(select(FileRecordRow.__table__)
+                                .where(FileRecordRow.file_id.in_(ids))).all()
+    return {record.file_id: record for record in _file_records(session, rows)}
+
+
+def _file_records(session: Session, rows) -> list[FileRecord]:
+    """File records of Core ``rows`` (in their order), with their meta."""
+    meta = defaultdict(list)
+    for ids in _slices([row.file_id for row in rows]):
+        for row in session.execute(select(FileMetaRow.__table__).where(FileMetaRow.file_id.in_(ids))
+                                   .order_by(FileMetaRow.file_id, FileMetaRow.position)):
+            meta[row.file_id].append(row)
+    return [_file_record(row, meta[row.file_id]) for row in rows]
+
+
+def _slices(ids: Collection[uuid.UUID], size: int = 1000) -> Iterator[list[uuid.UUID]]:
+    """``ids`` in lists of ``size``: an IN list per query stays well within SQLite's limit
+    of bound parameters."""
+    ids = list(ids)
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
 
 
 def count_rows(session: Session) -> dict[str, int]:
