@@ -14,16 +14,27 @@ throughput, x raw PUT
     1 MiB pieces (with a Content-Length) to a minimal WSGI app in this file, which copies
     ``wsgi.input`` in 1 MiB pieces into a file (no md5, no fsync), served by gunicorn with
     the same settings as ``meteorpi serve`` (one ``gthread`` worker, same thread count,
-    keep-alive and access log) on another port. Candidates: resumable uploads with
+    keep-alive and access log) on another port.
+throughput, x floor
+    A second baseline, the honest floor for a verified, durable upload: the same raw PUT
+    to another route of the same app, which also computes the md5 of the pieces as they
+    pass and calls fsync once at the end (the reply carries the md5, checked against the
+    file's). It runs right after each raw PUT, so every candidate sits between two pairs
+    of baseline runs, and a candidate's "x floor" is its rate over the median of the
+    round's floor rates. The raw PUT stays: the gap between the two baselines shows what
+    md5 and one fsync cost on the machine at that moment. The issue's target: a 1 GiB
+    resumable upload with the exporter's defaults at 0.6 x the floor or better.
+throughput, candidates
+    Candidates: resumable uploads with
     1, 4, 8, 16 and 64 MiB chunks with a sha256 per chunk (the exporter's default), 8 MiB
     chunks without a checksum, and the legacy whole-file multipart POST. Each round runs
-    baseline, candidate, baseline, candidate, ..., baseline (the candidate order rotates
-    from round to round); a candidate's ratio is its rate divided by the median of the
-    round's 8 baseline rates (a median, because writes of new data are bimodal: one
-    baseline run can be 3x off its neighbour). The table shows medians over the rounds
-    (3, 1 with --quick) of the rates and of the ratios, and the range of the ratios (of
-    the baseline rates over their median for the baseline). A resumable upload is
-    timed from the first request (asking for the offset) to the reply to the last chunk,
+    baseline pair, candidate, baseline pair, candidate, ..., baseline pair (the candidate
+    order rotates from round to round); a candidate's ratios are its rate divided by the
+    median of the round's 8 rates of each baseline (a median, because writes of new data
+    are bimodal: one baseline run can be 3x off its neighbour). The table shows medians
+    over the rounds (3, 1 with --quick) of the rates and of the ratios, and the range of
+    the ratios (of the baseline rates over their median for the baselines; the floor's
+    "x raw PUT" is per round). A resumable upload is timed from the first request (asking for the offset) to the reply to the last chunk,
     which includes the server's md5 pass over the whole file and moving it into place.
     Both sides reuse a connection opened (and, for meteorpi, authenticated, so the auth
     cache is warm) before the clock starts. Each stored file is deleted after its run.
@@ -133,20 +144,29 @@ def mib(size: int) -> str:
 # The raw baseline: a minimal WSGI app under gunicorn ------------------------------------
 
 def raw_app(environ, start_response):
-    """PUT /upload/<hex>: copy the body into <dir>/<hex>.bin in 1 MiB pieces. GET /health."""
+    """PUT /upload/<hex>: copy the body into <dir>/<hex>.bin in 1 MiB pieces.
+    PUT /floor/<hex>: the same, computing the md5 of the pieces as they pass and calling
+    fsync once at the end; the reply gives the md5. GET /health."""
     path = environ.get("PATH_INFO", "")
     status, body = "404 Not Found", b"{}"
     if path == "/health":
         status, body = "200 OK", b'{"status": "ok"}'
-    elif environ["REQUEST_METHOD"] == "PUT" and path.startswith("/upload/"):
-        name = path[len("/upload/"):]
+    elif environ["REQUEST_METHOD"] == "PUT" and path.startswith(("/upload/", "/floor/")):
+        floor = path.startswith("/floor/")
+        name = path.split("/", 2)[2]
         if name.isalnum():
-            stream, total = environ["wsgi.input"], 0
+            stream, total, md5 = environ["wsgi.input"], 0, hashlib.md5()
             with open(os.path.join(os.environ["METEORPI_BENCH_RAW_DIR"], name + ".bin"), "wb") as out:
                 while piece := stream.read(PIECE):
                     out.write(piece)
                     total += len(piece)
-            status, body = "200 OK", json.dumps({"bytes": total}).encode()
+                    if floor:
+                        md5.update(piece)
+                if floor:
+                    out.flush()
+                    os.fsync(out.fileno())
+            reply = {"bytes": total, **({"md5": md5.hexdigest()} if floor else {})}
+            status, body = "200 OK", json.dumps(reply).encode()
     start_response(status, [("Content-Type", "application/json"),
                             ("Content-Length", str(len(body)))])
     return [body]
@@ -340,17 +360,20 @@ def make_source(path: Path, size: int) -> str:
 
 # One upload of each kind --------------------------------------------------------------------
 
-def raw_put(bench: Bench, server: Server, source: Path) -> float:
-    """Seconds for one streaming PUT of ``source`` to the raw app."""
+def raw_put(bench: Bench, server: Server, source: Path, md5: str | None = None) -> float:
+    """Seconds for one streaming PUT of ``source`` to the raw app; with ``md5``, to its
+    floor route (md5 while streaming, one fsync), whose md5 must match."""
     name = uuid.uuid4().hex
     body = SizedPieces(source)
+    route = "floor" if md5 else "upload"
     with requests.Session() as session:
         session.get(f"{server.url}/health", timeout=TIMEOUT)  # open the connection
         start = time.perf_counter()
-        response = session.put(f"{server.url}/upload/{name}", data=body, timeout=TIMEOUT)
+        response = session.put(f"{server.url}/{route}/{name}", data=body, timeout=TIMEOUT)
         seconds = time.perf_counter() - start
-    if response.status_code != 200 or response.json().get("bytes") != body.size:
-        raise BenchError(f"raw PUT answered {response.status_code}: {response.text[:200]}")
+    if (response.status_code != 200 or response.json().get("bytes") != body.size
+            or (md5 and response.json().get("md5") != md5)):
+        raise BenchError(f"raw PUT to /{route} answered {response.status_code}: {response.text[:200]}")
     (bench.raw_dir / f"{name}.bin").unlink()
     return seconds
 
@@ -401,41 +424,67 @@ def upload(bench: Bench, server: Server, candidate: Candidate, source: Path, md5
 
 def measure_throughput(bench: Bench, meteorpi: Server, raw: Server, source: Path,
                        md5: str) -> dict[str, dict]:
-    """Per candidate: median MB/s, and the median and range over rounds of its ratio to
-    the round's median baseline rate."""
+    """Per candidate: median MB/s, and the median and range over rounds of its ratios to
+    the round's median rates of the two baselines (raw PUT, and the md5 + fsync floor)."""
     size = source.stat().st_size
     rates: dict[str, list[float]] = {candidate.label: [] for candidate in CANDIDATES}
     ratios: dict[str, list[float]] = {candidate.label: [] for candidate in CANDIDATES}
+    floor_ratios: dict[str, list[float]] = {candidate.label: [] for candidate in CANDIDATES}
     baselines: list[float] = []
+    floors: list[float] = []
+    floor_x_raw: list[float] = []
     for round_ in range(bench.plan.rounds):
         shift = round_ * 3 % len(CANDIDATES)
         order = CANDIDATES[shift:] + CANDIDATES[:shift]
         progress(f"throughput round {round_ + 1}/{bench.plan.rounds}: "
-                 f"{len(order)} candidates between {len(order) + 1} baseline runs")
-        round_baselines = [size / raw_put(bench, raw, source)]
-        progress(f"  raw PUT {mb(round_baselines[0])} MB/s")
+                 f"{len(order)} candidates between {len(order) + 1} pairs of baseline runs "
+                 f"(raw PUT, then the md5 + fsync floor)")
+
+        def baseline_pair() -> None:
+            round_baselines.append(size / raw_put(bench, raw, source))
+            round_floors.append(size / raw_put(bench, raw, source, md5))
+
+        round_baselines: list[float] = []
+        round_floors: list[float] = []
+        baseline_pair()
+        progress(f"  raw PUT {mb(round_baselines[0])} MB/s, floor {mb(round_floors[0])} MB/s")
         round_rates = {}
         for candidate in order:
             round_rates[candidate.label] = size / upload(bench, meteorpi, candidate, source, md5)
-            round_baselines.append(size / raw_put(bench, raw, source))
+            baseline_pair()
             progress(f"  {candidate.label}: {mb(round_rates[candidate.label])} MB/s; "
-                     f"raw PUT {mb(round_baselines[-1])} MB/s")
+                     f"raw PUT {mb(round_baselines[-1])} MB/s, floor {mb(round_floors[-1])} MB/s")
         # Writes of new data are bimodal on these VMs: a single neighbouring
         # baseline run can be off by 3x, the median of the round's runs is not.
         baseline = statistics.median(round_baselines)
+        floor = statistics.median(round_floors)
         baselines += round_baselines
+        floors += round_floors
+        floor_x_raw.append(floor / baseline)
         for label, rate in round_rates.items():
             rates[label].append(rate)
             ratios[label].append(rate / baseline)
-        progress(f"  round {round_ + 1}: median raw PUT {mb(baseline)} MB/s; x raw: " + ", ".join(
-            f"{candidate.short} {round_rates[candidate.label] / baseline:.2f}" for candidate in CANDIDATES))
+            floor_ratios[label].append(rate / floor)
+        progress(f"  round {round_ + 1}: median raw PUT {mb(baseline)} MB/s, floor {mb(floor)} "
+                 f"MB/s; x floor: " + ", ".join(
+                     f"{candidate.short} {round_rates[candidate.label] / floor:.2f}"
+                     for candidate in CANDIDATES))
     figures = {"raw": {"rate": statistics.median(baselines), "ratio": 1.0,
                        "low": min(baselines) / statistics.median(baselines),
-                       "high": max(baselines) / statistics.median(baselines)}}
+                       "high": max(baselines) / statistics.median(baselines),
+                       "floor": statistics.median(baselines) / statistics.median(floors)},
+               "floor": {"rate": statistics.median(floors),
+                         "ratio": statistics.median(floor_x_raw),
+                         "low": min(floor_x_raw), "high": max(floor_x_raw),
+                         "floor": 1.0, "floor_low": min(floors) / statistics.median(floors),
+                         "floor_high": max(floors) / statistics.median(floors)}}
     for label in rates:
         figures[label] = {"rate": statistics.median(rates[label]),
                           "ratio": statistics.median(ratios[label]),
-                          "low": min(ratios[label]), "high": max(ratios[label])}
+                          "low": min(ratios[label]), "high": max(ratios[label]),
+                          "floor": statistics.median(floor_ratios[label]),
+                          "floor_low": min(floor_ratios[label]),
+                          "floor_high": max(floor_ratios[label])}
     return figures
 
 
@@ -628,14 +677,23 @@ def print_table(plan: Plan, throughput: dict, memory: list[dict], cut: dict) -> 
     print(f"\nmeteorpi resumable upload benchmark: a {size} file over loopback, one gthread "
           f"worker per server; medians of {plan.rounds} round(s)")
     print(f"{'throughput of one ' + size + ' upload':<{width}} {'MB/s':>7} {'x raw PUT':>10} "
-          f"{'(range)':>12}")
-    print(rule)
-    rows = [("raw streaming PUT, minimal WSGI app (baseline)", "raw")]
+          f"{'(range)':>12} {'x floor':>8} {'(range)':>12}")
+    print(rule + "-" * 22)
+    rows = [("raw streaming PUT, no md5, no fsync (baseline)", "raw"),
+            ("raw PUT + md5 + one fsync (the floor)", "floor")]
     rows += [(candidate.label, candidate.label) for candidate in CANDIDATES]
     for label, key in rows:
         figures = throughput[key]
+        floor_range = (f"{figures['floor_low']:>6.2f}-{figures['floor_high']:<5.2f}"
+                       if "floor_low" in figures else "")
         print(f"{label:<{width}} {mb(figures['rate']):>7} {figures['ratio']:>10.2f} "
-              f"{figures['low']:>6.2f}-{figures['high']:<5.2f}")
+              f"{figures['low']:>6.2f}-{figures['high']:<5.2f} {figures['floor']:>8.2f} {floor_range}")
+    default = next(candidate for candidate in SHA256_CHUNKS
+                   if candidate.chunk_size == DEFAULT_CHUNK_SIZE)
+    figures = throughput[default.label]
+    print(f"\nresumable upload with the exporter's defaults ({mib(DEFAULT_CHUNK_SIZE)} chunks, "
+          f"sha256) / the floor: {figures['floor']:.2f} (rounds {figures['floor_low']:.2f}-"
+          f"{figures['floor_high']:.2f}); the issue's target for 1 GiB: at least 0.6")
     print(f"\n{'gunicorn worker peak memory (VmHWM), fresh server':<{width}} {'MB':>7}")
     print(rule)
     first = memory[0]
