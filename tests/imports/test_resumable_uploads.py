@@ -9,6 +9,7 @@ import pytest
 from protocol import ProtocolClient, ResumableClient, chunk_checksum
 
 from meteorpi_model import md5_bytes
+from meteorpi_server.imports import resumable
 from meteorpi_server.imports.resumable import Checksum
 
 DATA = factories.file_bytes(300_000)
@@ -77,7 +78,10 @@ def test_a_resent_chunk_the_server_already_holds_is_a_conflict_not_a_duplicate(u
     assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
 
 
-def test_a_checksummed_chunk_cut_short_is_not_kept(uploader, file_id):
+@pytest.mark.parametrize("held_in", ["memory", "a temporary file"])
+def test_a_checksummed_chunk_cut_short_is_not_kept(uploader, file_id, held_in, monkeypatch):
+    if held_in == "a temporary file":  # a chunk larger than the server keeps in memory
+        monkeypatch.setattr(resumable, "IN_MEMORY_CHUNK_BYTES", 100)
     uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000], chunk_checksum(DATA[:1000]))
 
     class CutConnection:

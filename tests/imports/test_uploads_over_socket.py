@@ -237,6 +237,6 @@ def test_the_exporter_memory_does_not_grow_with_the_file_size(gunicorn_server, e
         return highest
 
     small, large = peak(8 << 20), peak(128 << 20)
-    # One 4 MiB chunk in memory either way, not the file.
+    # Two 4 MiB chunks in memory either way (one sent, one read ahead), not the file.
     assert large < small + (1 << 20), (small, large)
     assert large < 16 << 20
