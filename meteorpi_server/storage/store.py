@@ -492,13 +492,12 @@ def insert_records(session: Session, records: Sequence[Event | FileRecord],
     _insert_rows(session, FileRecordRow.__table__, files)
     _insert_rows(session, FileMetaRow.__table__,
                  [row for record in all_files for row in _meta_values("file_id", record.file_id, record.meta)])
-    for event in events:
-        # The files are part of the event's change, not changes of their own.
-        feed.record_arrival(session, "event", event.event_id, event.camera_id, event.event_time,
-                            received_at, [record.camera_id for record in event.files])
-    for record in standalone:
-        feed.record_arrival(session, "file", record.file_id, record.camera_id, record.file_time,
-                            received_at)
+    # An event's files are part of its change, not changes of their own.
+    feed.record_arrivals(session, [
+        feed.Arrival("event", event.event_id, event.camera_id, event.event_time,
+                     tuple(record.camera_id for record in event.files)) for event in events
+    ] + [feed.Arrival("file", record.file_id, record.camera_id, record.file_time)
+         for record in standalone], received_at)
 
 
 # Reads -----------------------------------------------------------------------------
