@@ -1,18 +1,19 @@
 """Resumable chunked uploads: a file's bytes arrive as appends at known offsets.
 
 The state of an upload is its partial file in the store's ``.uploads/`` directory, named
-by file id and md5: its size is the offset the server holds, so any worker on the host
-can continue any upload, and a server restart loses nothing that was acknowledged
-(every chunk is fsynced before its reply). Beside it, ``<partial>.length`` pins the
-file's size declared by the first chunk, so a later request cannot end the upload early
-or make it longer. An exclusive ``flock`` on the partial file keeps two requests from
-appending to one upload at once.
+by file id and md5, and beside it ``<partial>.length``, its pin: the file's size declared
+by the first chunk (so a later request cannot end the upload early or make it longer) and
+the offset held, the bytes of the partial that count. Any worker on the host can continue
+any upload, and a server restart loses nothing that was acknowledged: each chunk is
+written in place as it arrives, made durable, and only then counted by moving the pin's
+offset on (durably too) before the reply. An exclusive ``flock`` on the partial file keeps
+two requests from appending to one upload at once.
 
-A checksummed chunk is held outside the partial file (in memory, or in an anonymous
-temporary file when large) and appended only once its digest matches, so the partial file never holds a byte that failed, or has not yet
-passed, its check: not after a 422, a cut connection, nor a server killed mid-chunk.
-A chunk without a checksum is written in place; after a crash the bytes that reached
-the file count (the whole file's md5 checks them in the end).
+So a checksummed chunk counts only once its digest matches: the partial never holds a
+counted byte that failed, or has not yet passed, its check, not after a 422, a cut
+connection, nor a server killed mid-chunk (whose bytes past the pin's offset the next
+request cuts off). A chunk without a checksum keeps the bytes that arrived before a cut
+connection (the whole file's md5 checks them in the end).
 
 When the last byte arrives the whole file's md5 is verified and the file is handed to
 the receiver (which moves it into place); a mismatch discards it. The md5 is computed as
@@ -23,14 +24,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import fcntl
 import hashlib
 import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 import uuid
 from collections import OrderedDict
@@ -44,8 +43,6 @@ from .activity import ImportActivity
 log = logging.getLogger("meteorpi.upload")
 
 CHECKSUM_ALGORITHMS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
-# A checksummed chunk up to this size waits for its digest in memory (see _ReceivedChunk).
-IN_MEMORY_CHUNK_BYTES = 16 << 20
 
 
 class UploadError(Exception):
@@ -148,10 +145,12 @@ class ResumableUploads:
     def partial_offset(self, file_id: uuid.UUID, md5: str) -> int:
         """How many bytes of an unfinished upload are held (0 for none), for a caller
         that already knows the file is not stored."""
+        path = self.files.upload_path(file_id, md5)
         try:
-            return os.stat(self.files.upload_path(file_id, md5)).st_size
+            size = os.stat(path).st_size
         except FileNotFoundError:
             return 0
+        return _held(size, _read_pin(_pin_path(path)))
 
     def append(self, file_id: uuid.UUID, md5: str, offset: int, length: int, body: BinaryIO,
                user: str, checksum: Checksum | None = None,
@@ -175,9 +174,10 @@ class ResumableUploads:
         path = self.files.upload_path(file_id, md5)
         descriptor = _open_locked(path)
         try:
-            held = os.fstat(descriptor).st_size
             pin_path = _pin_path(path)
             pinned = _read_pin(pin_path)
+            held = _held(os.fstat(descriptor).st_size, pinned)
+            os.ftruncate(descriptor, held)  # bytes past the pinned offset were never confirmed
             # Until a byte is held there is nothing to protect, so a new declaration may
             # replace a pin (one left by an upload swept away, say).
             if held and pinned is not None and pinned.length != length:
@@ -187,11 +187,8 @@ class ResumableUploads:
                 raise OffsetMismatch(f"this upload continues at byte {held}, not {offset}", held)
             pin = _pin_length(pin_path, pinned, length, held)
             running = hashlib.md5() if held == 0 else self._running.take(pin.token, held)
-            if checksum is None:
-                written = self._write_in_place(descriptor, offset, length, body, running)
-            else:
-                written = self._write_verified(descriptor, path, offset, length, body, checksum,
-                                               running)
+            written = self._write(descriptor, pin_path, pin, offset, length, body, checksum,
+                                  running)
             self.activity.bytes_received("resumable_chunk", written - offset)
             if offset == 0 and written:
                 self.activity.upload_started()
@@ -203,55 +200,50 @@ class ResumableUploads:
         finally:
             os.close(descriptor)
 
-    def _write_in_place(self, descriptor: int, offset: int, length: int, body: BinaryIO,
-                        running) -> int:
+    def _write(self, descriptor: int, pin_path, pin: _Pin, offset: int, length: int,
+               body: BinaryIO, checksum: Checksum | None, running) -> int:
+        """Write the chunk in place as it arrives; once it is whole (and its digest, if
+        any, matches), make it durable, then move the pin's offset past it. Returns the
+        offset now held.
+
+        Bytes past the pin's offset are not held: a crash in the middle of a chunk leaves
+        them in the file, and the next request cuts them off (see :func:`_held`). So a
+        checksummed chunk is all or nothing, yet written once, with no copy kept aside.
+        """
+        hasher = CHECKSUM_ALGORITHMS[checksum.algorithm]() if checksum else None
         position = offset
         try:
             while piece := body.read(CHUNK_SIZE):
                 self._check_room(position - offset + len(piece), position + len(piece), length)
                 os.pwrite(descriptor, piece, position)
                 position += len(piece)
+                if hasher is not None:
+                    hasher.update(piece)
                 if running is not None:
-                    running.update(piece)
+                    running.update(piece)  # dropped with the chunk if it is refused
+            if hasher is not None and hasher.digest() != checksum.digest:
+                raise ChecksumMismatch(
+                    f"the chunk's {checksum.algorithm} does not match Upload-Checksum; it was "
+                    f"discarded, send it again from byte {offset}", offset)
         except UploadError:
             os.ftruncate(descriptor, offset)  # a refused chunk is not taken at all
             raise
         except BaseException:  # a cut connection shows up as whatever the server raises
-            # Without a checksum the bytes that arrived are as good as any, and the offset
-            # stays truthful.
-            os.ftruncate(descriptor, position)
-            os.fdatasync(descriptor)
+            # Without a checksum the bytes that arrived are as good as any (the whole
+            # file's md5 checks them in the end); with one, none of them count.
+            kept = offset if hasher is not None else position
+            os.ftruncate(descriptor, kept)
+            if kept > offset:
+                self._hold(descriptor, pin_path, pin, kept)
             raise
-        os.fdatasync(descriptor)
+        self._hold(descriptor, pin_path, pin, position)
         return position
 
-    def _write_verified(self, descriptor: int, path, offset: int, length: int, body: BinaryIO,
-                        checksum: Checksum, running) -> int:
-        """Receive the chunk beside the partial file and append it once its digest matches
-        (see :class:`_ReceivedChunk`)."""
-        hasher = CHECKSUM_ALGORITHMS[checksum.algorithm]()
-        received = _ReceivedChunk(path.parent)
-        try:
-            while piece := body.read(CHUNK_SIZE):
-                self._check_room(received.size + len(piece), offset + received.size + len(piece),
-                                 length)
-                hasher.update(piece)
-                if running is not None:
-                    running.update(piece)  # dropped with the chunk if its digest fails
-                received.add(piece)
-            if hasher.digest() != checksum.digest:
-                raise ChecksumMismatch(
-                    f"the chunk's {checksum.algorithm} does not match Upload-Checksum; it was "
-                    f"discarded, send it again from byte {offset}", offset)
-            try:
-                received.write_to(descriptor, offset)
-                os.fdatasync(descriptor)
-            except BaseException:
-                os.ftruncate(descriptor, offset)  # e.g. a full disk: keep the offset truthful
-                raise
-        finally:
-            received.close()
-        return offset + received.size
+    def _hold(self, descriptor: int, pin_path, pin: _Pin, offset: int) -> None:
+        """Make the partial file's first ``offset`` bytes durable, then the pin's offset
+        (in that order: the pin never counts bytes a crash could still lose)."""
+        os.fdatasync(descriptor)
+        _pin_offset(pin_path, pin, offset)
 
     def _check_room(self, chunk_bytes: int, end: int, length: int) -> None:
         if chunk_bytes > self.max_chunk_bytes:
@@ -289,33 +281,60 @@ class ResumableUploads:
 
 @dataclass(frozen=True)
 class _Pin:
-    """An upload's declared length, and a token naming this growth of its partial file
-    from empty (a new one whenever the pin is written), under which processes remember
-    the md5 of the bytes held."""
+    """Beside each partial file: the upload's declared length; a token naming this growth
+    of the partial from empty (a new one whenever the pin is written afresh), under which
+    processes remember the md5 of the bytes held; and the offset held. Bytes of the
+    partial past that offset were written by a chunk not confirmed (a crash mid-chunk)."""
 
     length: int
     token: str | None
+    offset: int | None  # None in a pin from before offsets were pinned: the file's size
+
+
+# One line of fixed width, so that moving the offset on rewrites the same bytes in place.
+_PIN_LINE = "{length} {token} {offset:020d}\n"
+
+
+def _held(size: int, pin: _Pin | None) -> int:
+    """How many bytes of a partial file of ``size`` bytes count."""
+    if pin is None or pin.offset is None:
+        return size
+    return min(size, pin.offset)
 
 
 def _pin_length(pin_path, pinned: _Pin | None, length: int, held: int) -> _Pin:
     """Hold the upload to ``length`` from now on (the caller holds the partial's lock);
     returns the pin in force.
 
-    The pin is written afresh, with a new token, whenever the partial file is empty or
-    has no pin: bytes a process hashed under an older token can then never be taken for
-    the bytes of a partial made again since (swept away, discarded, begun anew).
+    The pin is written afresh, with a new token and the offset held, whenever the partial
+    file is empty or its pin does not describe it: bytes a process hashed under an older
+    token can then never be taken for the bytes of a partial made again since (swept
+    away, discarded, begun anew).
     """
-    if held and pinned is not None and pinned.length == length and pinned.token:
+    if (held and pinned is not None and pinned.length == length and pinned.token
+            and pinned.offset == held):
         os.utime(pin_path)  # an upload in progress is not stale: keep the sweep off its pin
         return pinned
-    pin = _Pin(length, secrets.token_hex(8))
+    pin = _Pin(length, secrets.token_hex(8), held)
     descriptor = os.open(pin_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(descriptor, f"{pin.length} {pin.token}\n".encode())
+        os.write(descriptor, _PIN_LINE.format(**vars(pin)).encode())
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
     return pin
+
+
+def _pin_offset(pin_path, pin: _Pin, offset: int) -> None:
+    """Move the pin's offset to ``offset``, durably: one short write over the same bytes
+    (well within a disk sector, which is written whole)."""
+    descriptor = os.open(pin_path, os.O_WRONLY)
+    try:
+        line = _PIN_LINE.format(length=pin.length, token=pin.token, offset=offset)
+        os.pwrite(descriptor, line.encode(), 0)
+        os.fdatasync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _pin_path(path):
@@ -323,85 +342,18 @@ def _pin_path(path):
 
 
 def _read_pin(pin_path) -> _Pin | None:
-    """The pin, or None for none (or one a crash left half written). A pin written before
-    tokens existed has none."""
+    """The pin, or None for none. A pin a crash left half written cannot say how many
+    bytes count, so none do: the upload starts again from byte 0."""
     try:
-        text = pin_path.read_bytes()[:64].strip()
+        text = pin_path.read_bytes()[:128].strip()
     except FileNotFoundError:
         return None
-    match = re.fullmatch(rb"([0-9]+)(?: ([0-9a-f]{16}))?", text)
+    match = re.fullmatch(rb"([0-9]+)(?: ([0-9a-f]{16}) ([0-9]{20}))?", text)
     if not match:
-        return None
-    return _Pin(int(match[1]), match[2].decode() if match[2] else None)
-
-
-def _copy(source: int, destination: int, count: int, offset: int) -> None:
-    """Copy ``count`` bytes from the start of ``source`` to ``offset`` of ``destination``."""
-    copied = 0
-    while copied < count:
-        try:
-            moved = os.copy_file_range(source, destination, count - copied, copied, offset + copied)
-        except OSError as error:
-            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            moved = _copy_through_memory(source, destination, count - copied, copied, offset + copied)
-        if not moved:
-            raise OSError(f"the received chunk ends at {copied} of {count} bytes")
-        copied += moved
-
-
-def _copy_through_memory(source: int, destination: int, count: int, start: int, offset: int) -> int:
-    piece = os.pread(source, min(CHUNK_SIZE, count), start)
-    if piece:
-        os.pwrite(destination, piece, offset)
-    return len(piece)
-
-
-class _ReceivedChunk:
-    """A checksummed chunk's bytes until its digest is known, outside the partial file.
-
-    Up to IN_MEMORY_CHUNK_BYTES they are kept in memory (the exporter sends 8 MiB chunks)
-    and written with pwrite once the digest matches; a larger chunk spills into an
-    anonymous temporary file beside the partial (nothing is left behind by a crash), and
-    is appended from there by a copy inside the kernel. Through a temporary file every
-    chunk cost about a third of the server's time for an upload (py-spy).
-    """
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.size = 0
-        self._pieces: list[bytes] = []
-        self._spill = None
-
-    def add(self, piece: bytes) -> None:
-        if self._spill is None and self.size + len(piece) > IN_MEMORY_CHUNK_BYTES:
-            self._spill = tempfile.TemporaryFile(dir=self.directory)
-            _write_all(self._spill.fileno(), self._pieces, 0)
-            self._pieces = []
-        if self._spill is None:
-            self._pieces.append(piece)
-        else:
-            _write_all(self._spill.fileno(), [piece], self.size)
-        self.size += len(piece)
-
-    def write_to(self, descriptor: int, offset: int) -> None:
-        if self._spill is None:
-            _write_all(descriptor, self._pieces, offset)
-        else:
-            _copy(self._spill.fileno(), descriptor, self.size, offset)
-
-    def close(self) -> None:
-        self._pieces = []
-        if self._spill is not None:
-            self._spill.close()
-
-
-def _write_all(descriptor: int, pieces: list[bytes], offset: int) -> None:
-    for piece in pieces:
-        view = memoryview(piece)
-        while view:
-            written = os.pwrite(descriptor, view, offset)
-            view, offset = view[written:], offset + written
+        return _Pin(0, None, 0)
+    if match[2] is None:  # a pin from before tokens and offsets
+        return _Pin(int(match[1]), None, None)
+    return _Pin(int(match[1]), match[2].decode(), int(match[3]))
 
 
 class _RunningMd5s:

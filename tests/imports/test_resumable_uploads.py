@@ -9,7 +9,6 @@ import pytest
 from protocol import ProtocolClient, ResumableClient, chunk_checksum
 
 from meteorpi_model import md5_bytes
-from meteorpi_server.imports import resumable
 from meteorpi_server.imports.resumable import Checksum
 
 DATA = factories.file_bytes(300_000)
@@ -78,10 +77,7 @@ def test_a_resent_chunk_the_server_already_holds_is_a_conflict_not_a_duplicate(u
     assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
 
 
-@pytest.mark.parametrize("held_in", ["memory", "a temporary file"])
-def test_a_checksummed_chunk_cut_short_is_not_kept(uploader, file_id, held_in, monkeypatch):
-    if held_in == "a temporary file":  # a chunk larger than the server keeps in memory
-        monkeypatch.setattr(resumable, "IN_MEMORY_CHUNK_BYTES", 100)
+def test_a_checksummed_chunk_cut_short_is_not_kept(uploader, file_id):
     uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000], chunk_checksum(DATA[:1000]))
 
     class CutConnection:
@@ -361,3 +357,26 @@ def test_the_server_removes_idle_partial_uploads_without_upload_requests(setting
     import_request()  # the sweep runs at most every ten minutes per worker
     assert second.exists()
     services.database.dispose()
+
+
+def _partial(services, file_id):
+    return services.files.upload_path(file_id, MD5)
+
+
+def test_bytes_a_crash_left_past_the_confirmed_offset_do_not_count(uploader, file_id, services):
+    uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000], chunk_checksum(DATA[:1000]))
+    with open(_partial(services, file_id), "ab") as partial:  # a chunk cut by a crash
+        partial.write(b"x" * 5000)
+    assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
+    reply = uploader.chunk(file_id, MD5, 1000, len(DATA), DATA[1000:], chunk_checksum(DATA[1000:]))
+    assert reply.get_json()["complete"] is True
+    assert services.files.path_for(file_id).read_bytes() == DATA
+
+
+def test_a_pin_a_crash_left_half_written_starts_the_upload_again(uploader, file_id, services):
+    uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000])
+    pin = _partial(services, file_id).with_name(_partial(services, file_id).name + ".length")
+    pin.write_bytes(pin.read_bytes()[:10])
+    assert uploader.state(file_id, MD5).get_json()["offset"] == 0
+    assert uploader.send_all(file_id, DATA, 100_000).get_json()["complete"] is True
+    assert services.files.path_for(file_id).read_bytes() == DATA
