@@ -35,6 +35,10 @@ rsync --fsync (the floor)
     durable copy of the bytes the tools here offer (still no records and no md5 check).
     Skipped with ``--no-floor``.
 
+Before each timed run the page cache is written out (``sync``), so no one pays for the
+flush of another's files (rsync leaves its files unwritten; meteorpi's syncfs makes the
+whole file system durable).
+
 Rates are file bytes (the records' sizes) per second of wall time; "ours / rsync" is
 meteorpi's rate over rsync's in the same repetition; the table shows medians over the
 repetitions (3, 1 with --quick) and the range of the ratio. The issue's targets: 1.0x
@@ -137,6 +141,14 @@ def record_night(node: Node, number: int, data: DataSet) -> Night:
 
 # meteorpi: export run --once to a fresh central server ---------------------------------------
 
+def settle() -> None:
+    """Write out everything waiting in the page cache before a timed run. rsync leaves the
+    files it wrote there, and meteorpi's syncfs makes the whole file system durable, so
+    without this whoever runs next pays for the flush of the other's files (rsync's time
+    was bimodal, 0.2 s or 2 s, with it), and each starts from the same state."""
+    os.sync()
+
+
 def run_meteorpi(kind: str, node: Node, node_config: Path, night: Night, workdir: Path,
                  repeat: int) -> float:
     password = secrets.token_urlsafe(18)
@@ -156,6 +168,7 @@ def run_meteorpi(kind: str, node: Node, node_config: Path, night: Night, workdir
                 node.add_exports(f"{night.data.key}{repeat}-{secrets.token_hex(2)}", url, password,
                                  night.window)
                 node.database.dispose()  # the subprocess is the node's only user while timed
+                settle()
                 start = time.perf_counter()
                 completed = subprocess.run(
                     [str(METEORPI), "--config", str(node_config), "export", "run", "--once"],
@@ -254,6 +267,7 @@ def run_rsync(node_files: Path, night: Night, workdir: Path, repeat: int,
     name = f"rsync-{night.data.key}-{repeat}" + ("-fsync" if fsync else "")
     with rsync_daemon(workdir, name) as module:
         command = [RSYNC, "-a", *(["--fsync"] if fsync else []), f"{node_files}/", module]
+        settle()
         start = time.perf_counter()
         completed = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         seconds = time.perf_counter() - start
