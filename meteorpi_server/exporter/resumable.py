@@ -296,7 +296,8 @@ class _Chunks:
         if following < self.size:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meteorpi-read-ahead")
-            self._ahead = self._pool.submit(self._read, following, min(chunk_size, self.size - following))
+            self._ahead = self._pool.submit(self._read, following,
+                                            min(chunk_size, self.size - following))
         return chunk
 
     def _read(self, offset: int, length: int) -> _Chunk:

@@ -341,12 +341,12 @@ class FileGroup:
     A night's images are tens of KB each: an fsync per file and per directory would cost
     more than writing them. A group verifies each file's md5 as it arrives and keeps it
     under ``.uploads/``; :meth:`commit` (or :meth:`make_durable` before it) makes them all
-    durable with one ``syncfs`` of the store's file system; :meth:`commit` then renames the
-    verified files into place and makes the renames durable with a second one. Where syncfs is missing it falls back to an fsync per file
-    and per directory. Until :meth:`commit` returns, no file of the group is at its final
-    path unless complete and verified; a crash leaves at worst files under ``.uploads/``
-    (removed by the sweep) or verified files whose blob rows were never written (removed
-    by ``meteorpi files gc``).
+    durable with one ``syncfs`` of the store's file system; :meth:`commit` then renames
+    the verified files into place and makes the renames durable with a second one. Where
+    syncfs is missing it falls back to an fsync per file and per directory. Until
+    :meth:`commit` returns, no file of the group is at its final path unless complete and
+    verified; a crash leaves at worst files under ``.uploads/`` (removed by the sweep) or
+    verified files whose blob rows were never written (removed by ``meteorpi files gc``).
     """
 
     def __init__(self, store: FileStore):
