@@ -88,6 +88,7 @@ class Database:
             write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(write_engine, expire_on_commit=False)
+        self._change_signal = None
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -101,7 +102,18 @@ class Database:
         with self._write() as session, session.begin():
             yield session
 
+    @property
+    def change_signal(self):
+        """Where this process's feed readers wait for changes (see ``feed_signal``)."""
+        if self._change_signal is None:
+            from .feed_signal import ChangeSignal
+
+            self._change_signal = ChangeSignal(None if self.is_sqlite else self.url)
+        return self._change_signal
+
     def dispose(self) -> None:
+        if self._change_signal is not None:
+            self._change_signal.close()
         self.engine.dispose()
 
     # Migrations -----------------------------------------------------------------

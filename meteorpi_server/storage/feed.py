@@ -22,9 +22,11 @@ placeholder (never read, and discarded with its savepoint if that rolls back), a
 the commit the cameras (in sorted order) and then the counter are the last locks taken.
 Writers therefore commit one at a time, each holding the counter only for its commit.
 
-Reads hold no state between requests: waiting for news polls the database every
-:data:`POLL_INTERVAL_SECONDS`, so any number of workers and hosts sharing one database
-agree on what is new.
+Reads hold no state between requests: a reader waiting for news reads the feed table
+again whenever its process hears of a commit (PostgreSQL's NOTIFY, from any host: see
+``feed_signal``) and every few seconds in any case, or polls every
+:data:`POLL_INTERVAL_SECONDS` (SQLite, or while the listener is down), so any number of
+workers and hosts sharing one database agree on what is new.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from sqlalchemy import bindparam, case, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from . import feed_signal
 from .db import Database
 from .orm import CameraRow, ChangeRow, FeedCounterRow, FileRecordRow
 
@@ -146,6 +149,9 @@ def _number_arrivals(session: Session) -> None:
         .values(sequence=bindparam("number")),
         [{"placeholder": placeholder, "number": first + index}
          for index, placeholder in enumerate(pending)])
+    if session.get_bind().dialect.name == "postgresql":
+        # Delivered at the commit, to readers on every host (see feed_signal).
+        session.connection().execute(select(func.pg_notify(feed_signal.CHANNEL, str(last))))
 
 
 def _upsert(session: Session):
@@ -330,11 +336,13 @@ def read_changes(session: Session, since: int, limit: int, which: ChangeFilter =
 def wait_for_changes(database: Database, since: int, limit: int, timeout_seconds: float,
                      which: ChangeFilter = EVERYTHING, latest: bool = False,
                      clock: Callable[[], float] = time.monotonic,
-                     sleep: Callable[[float], None] = time.sleep) -> ChangePage:
+                     sleep: Callable[[float], None] | None = None) -> ChangePage:
     """:func:`read_changes`, waiting up to ``timeout_seconds`` for at least one change.
 
-    Each poll is its own short read transaction: SQLite's snapshot would otherwise
-    never show the new commits, and no connection is held while sleeping.
+    Between looks it waits on the database's change signal (woken by a commit on any
+    host, on PostgreSQL), or calls ``sleep`` if given. Each look is its own short read
+    transaction: SQLite's snapshot would otherwise never show the new commits, and no
+    connection is held while waiting.
     """
     deadline = clock() + timeout_seconds
     while True:
@@ -343,14 +351,18 @@ def wait_for_changes(database: Database, since: int, limit: int, timeout_seconds
         if page.changes or clock() >= deadline:
             return page
         since = page.last
-        sleep(min(POLL_INTERVAL_SECONDS, max(0.0, deadline - clock())))
+        remaining = max(0.0, deadline - clock())
+        if sleep is None:
+            database.change_signal.wait(since, remaining)
+        else:
+            sleep(min(POLL_INTERVAL_SECONDS, remaining))
 
 
 def follow_changes(database: Database, since: int, which: ChangeFilter = EVERYTHING,
                    batch: int = 500, idle_seconds: float = 15.0,
                    stop: Callable[[], bool] = lambda: False,
                    clock: Callable[[], float] = time.monotonic,
-                   sleep: Callable[[float], None] = time.sleep) -> Iterator[Change | None]:
+                   sleep: Callable[[float], None] | None = None) -> Iterator[Change | None]:
     """Every change after ``since`` as it is stored, until ``stop()`` (asked before each
     poll) is true; None after each ``idle_seconds`` without one (time for a heartbeat).
     Raises CursorAhead if ``since`` is, or comes to be, past the newest change."""
@@ -366,7 +378,11 @@ def follow_changes(database: Database, since: int, which: ChangeFilter = EVERYTH
             yield None
             quiet_since = clock()
         if not page.more:
-            sleep(POLL_INTERVAL_SECONDS)
+            if sleep is None:
+                database.change_signal.wait(
+                    since, max(0.0, idle_seconds - (clock() - quiet_since)))
+            else:
+                sleep(POLL_INTERVAL_SECONDS)
 
 
 def parse_types(values: Sequence[str]) -> frozenset[str]:
