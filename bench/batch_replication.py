@@ -442,11 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, events=arguments.events)
     if arguments.files is not None:
         plan = replace(plan, standalone_files=arguments.files)
-    if not common.METEORPI.exists():
-        print(f"error: {common.METEORPI} not found: run this with the project's virtualenv "
-              "python", file=sys.stderr)
+    if common.missing_meteorpi():
         return 2
-    try:
+
+    def measure():
         kinds = common.choose_databases(arguments.database)
         with tempfile.TemporaryDirectory(prefix="meteorpi-batch-bench-night-") as directory:
             progress(f"building the night: {plan.events:,} events x {plan.files_per_event} files "
@@ -459,15 +458,11 @@ def main(argv: list[str] | None = None) -> int:
             if not arguments.no_sweep:
                 sweep = concurrency_sweep(night, plan)
                 sweep_size = len(night.subset(plan.sweep_events, plan.sweep_files))
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the servers were stopped and the databases removed", file=sys.stderr)
-        return 130
-    print_tables(results, sweep, plan, night, sweep_size)
-    progress("done")
-    return 0
+        return results, sweep, night, sweep_size
+
+    return common.measured(
+        measure, lambda figures: print_tables(figures[0], figures[1], plan, *figures[2:]),
+        "the servers were stopped and the databases removed")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import requests
 from sqlalchemy import create_engine, text
@@ -28,6 +28,7 @@ METEORPI = Path(sys.executable).parent / "meteorpi"
 #: gthread workers of each ``meteorpi serve`` the benchmarks start.
 WORKERS = 2
 STARTED = time.perf_counter()
+T = TypeVar("T")
 
 
 class BenchError(RuntimeError):
@@ -167,6 +168,34 @@ def serving(config: Path, workers: int = WORKERS) -> Iterator[str]:
             raise
         finally:
             stop(process)
+
+
+# Running a benchmark ---------------------------------------------------------------------
+
+def missing_meteorpi() -> bool:
+    """True (having said so) if the project's ``meteorpi`` command is not beside this Python."""
+    if METEORPI.exists():
+        return False
+    print(f"error: {METEORPI} not found: run this with the project's virtualenv python",
+          file=sys.stderr)
+    return True
+
+
+def measured(measure: Callable[[], T], show: Callable[[T], None], cleaned_up: str) -> int:
+    """Run ``measure`` and ``show`` its figures; the exit status. A BenchError is one
+    line and status 1; Ctrl-C says what was cleaned up on the way out (``cleaned_up``,
+    e.g. "the servers were stopped") and is status 130."""
+    try:
+        figures = measure()
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {cleaned_up}", file=sys.stderr)
+        return 130
+    show(figures)
+    progress("done")
+    return 0
 
 
 # Figures ------------------------------------------------------------------------------

@@ -48,8 +48,8 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import select
-from common import (METEORPI, WORKERS, BenchError, choose_databases, fresh_database, meteorpi,
-                    progress, record, serving)
+from common import (WORKERS, BenchError, choose_databases, fresh_database, measured,
+                    meteorpi, missing_meteorpi, progress, record, serving)
 
 from meteorpi_model import EventSearch, ExportConfiguration, FileSearch
 from meteorpi_server.exporter import configs
@@ -304,22 +304,15 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, night=replace(plan.night, events_per_night=arguments.events))
     if arguments.repeats:
         plan = replace(plan, repeats=arguments.repeats)
-    if not METEORPI.exists():
-        print(f"error: {METEORPI} not found: run this with the project's virtualenv python",
-              file=sys.stderr)
+    if missing_meteorpi():
         return 2
-    try:
+
+    def measure():
         databases = choose_databases(None if arguments.database == "both" else arguments.database)
-        results = {kind: bench_database(kind, plan) for kind in databases}
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the server was stopped and the databases removed", file=sys.stderr)
-        return 130
-    print_table(results, plan)
-    progress("done")
-    return 0
+        return {kind: bench_database(kind, plan) for kind in databases}
+
+    return measured(measure, lambda results: print_table(results, plan),
+                    "the server was stopped and the databases removed")
 
 
 if __name__ == "__main__":

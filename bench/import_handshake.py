@@ -58,8 +58,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
-from common import (METEORPI, WORKERS, BenchError, choose_databases, fresh_database,  # noqa: E402
-                    meteorpi, progress, record, serving)
+from common import (WORKERS, BenchError, choose_databases, fresh_database,  # noqa: E402
+                    measured, meteorpi, missing_meteorpi, progress, record, serving)
 
 import factories  # noqa: E402  (the tests' record factories)
 
@@ -324,21 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                        standalone_files=max(1, arguments.events // 10))
     if arguments.repeats:
         plan = replace(plan, repeats=arguments.repeats)
-    if not METEORPI.exists():
-        print(f"error: {METEORPI} not found: run this with the project's virtualenv python",
-              file=sys.stderr)
+    if missing_meteorpi():
         return 2
-    try:
-        results = {kind: bench_database(kind, plan) for kind in choose_databases(arguments.database)}
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the servers were stopped and the databases removed", file=sys.stderr)
-        return 130
-    print_table(results, plan)
-    progress("done")
-    return 0
+    return measured(
+        lambda: {kind: bench_database(kind, plan) for kind in choose_databases(arguments.database)},
+        lambda results: print_table(results, plan),
+        "the servers were stopped and the databases removed")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ from urllib.parse import urlsplit
 
 import requests
 import yaml
-from common import METEORPI, WORKERS, BenchError, meteorpi, progress, record, serving
+from common import (WORKERS, BenchError, measured, meteorpi, missing_meteorpi, progress,
+                    record, serving)
 
 USER = "bench"
 FLOOD_ADDRESS = "127.0.0.2"
@@ -253,21 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if arguments.quick else DEFAULT
     plan = Plan(repeats=arguments.repeats or plan.repeats, seconds=arguments.seconds or plan.seconds,
                 flood_rate=arguments.flood_rate or plan.flood_rate)
-    if not METEORPI.exists():
-        print(f"error: {METEORPI} not found: run this with the project's virtualenv python",
-              file=sys.stderr)
+    if missing_meteorpi():
         return 2
-    try:
-        figures = run(plan)
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the servers were stopped", file=sys.stderr)
-        return 130
-    print_table(figures, plan)
-    progress("done")
-    return 0
+    return measured(lambda: run(plan), lambda figures: print_table(figures, plan),
+                    "the servers were stopped")
 
 
 if __name__ == "__main__":

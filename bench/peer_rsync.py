@@ -67,10 +67,10 @@ from typing import Iterator
 import yaml
 from sqlalchemy import create_engine, func, select
 from common import (METEORPI, WORKERS, BenchError, choose_databases, free_port, fresh_database,
-                    log_tail, meteorpi, progress, record, serving)
+                    log_tail, measured, meteorpi, missing_meteorpi, progress, record, serving)
 from export import USER, Node
 
-from meteorpi_server.node.demo import DemoPlan, generate
+from meteorpi_server.node.demo import DemoPlan
 from meteorpi_server.storage.orm import EventRow, FileRecordRow
 
 RSYNC = os.environ.get("METEORPI_BENCH_RSYNC", shutil.which("rsync") or "/usr/bin/rsync")
@@ -399,25 +399,17 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, repeats=arguments.repeats)
     if arguments.only:
         plan = replace(plan, sets=tuple(data for data in plan.sets if data.key == arguments.only))
-    if not METEORPI.exists():
-        print(f"error: {METEORPI} not found: run this with the project's virtualenv python",
-              file=sys.stderr)
+    if missing_meteorpi():
         return 2
     if not Path(RSYNC).exists():
         print(f"error: no rsync at {RSYNC} (set METEORPI_BENCH_RSYNC)", file=sys.stderr)
         return 2
-    try:
+    def measure():
         databases = choose_databases(None if arguments.database == "both" else arguments.database)
-        results = {kind: bench_database(kind, plan, not arguments.no_floor) for kind in databases}
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the servers were stopped and the databases removed", file=sys.stderr)
-        return 130
-    print_table(results, plan, not arguments.no_floor)
-    progress("done")
-    return 0
+        return {kind: bench_database(kind, plan, not arguments.no_floor) for kind in databases}
+
+    return measured(measure, lambda results: print_table(results, plan, not arguments.no_floor),
+                    "the servers were stopped and the databases removed")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ from typing import BinaryIO, Iterator
 
 import requests
 import yaml
-from common import METEORPI, BenchError, free_port, log_tail, progress
+from common import METEORPI, BenchError, free_port, log_tail, measured, missing_meteorpi, progress
 from common import meteorpi as run_meteorpi
 
 from meteorpi_server.config import Config
@@ -729,40 +729,37 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if arguments.quick else DEFAULT
     if arguments.rounds:
         plan = replace(plan, rounds=arguments.rounds)
-    if not METEORPI.exists():
-        print(f"error: {METEORPI} not found: run this with the project's virtualenv python",
-              file=sys.stderr)
+    if missing_meteorpi():
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="meteorpi-bench-resumable-"))
     try:
-        free = shutil.disk_usage(workdir).free
-        if free < 4 * plan.file_size:
-            raise BenchError(f"{workdir} has {mib(free)} free; this needs about {mib(4 * plan.file_size)}")
-        bench = Bench(plan, workdir)
-        progress(f"working in {workdir}; writing a {mib(plan.file_size)} source file")
-        source, small = workdir / "source.bin", workdir / "small.bin"
-        md5 = make_source(source, plan.file_size)
-        small_md5 = make_source(small, plan.small_size)
-        progress("migrating a fresh SQLite database and adding user bench")
-        bench.prepare()
-        with bench.meteorpi() as meteorpi, bench.raw() as raw:
-            progress(f"servers up: meteorpi {meteorpi.url}, raw baseline {raw.url}")
-            throughput = measure_throughput(bench, meteorpi, raw, source, md5)
-            progress("cut at 50 %: through a proxy that closes the connection once")
-            cut = measure_cut(bench, meteorpi, source, md5)
-        progress("peak memory: a fresh server for each file")
-        memory = measure_memory(bench, [(small, small_md5), (source, md5)])
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the servers were stopped and the files removed", file=sys.stderr)
-        return 130
+        return measured(lambda: measure(plan, workdir),
+                        lambda figures: print_table(plan, *figures),
+                        "the servers were stopped and the files removed")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print_table(plan, throughput, memory, cut)
-    progress("done")
-    return 0
+
+
+def measure(plan: Plan, workdir: Path) -> tuple:
+    """Throughput, peak memory and the cost of a cut, measured in ``workdir``."""
+    free = shutil.disk_usage(workdir).free
+    if free < 4 * plan.file_size:
+        raise BenchError(f"{workdir} has {mib(free)} free; this needs about {mib(4 * plan.file_size)}")
+    bench = Bench(plan, workdir)
+    progress(f"working in {workdir}; writing a {mib(plan.file_size)} source file")
+    source, small = workdir / "source.bin", workdir / "small.bin"
+    md5 = make_source(source, plan.file_size)
+    small_md5 = make_source(small, plan.small_size)
+    progress("migrating a fresh SQLite database and adding user bench")
+    bench.prepare()
+    with bench.meteorpi() as meteorpi, bench.raw() as raw:
+        progress(f"servers up: meteorpi {meteorpi.url}, raw baseline {raw.url}")
+        throughput = measure_throughput(bench, meteorpi, raw, source, md5)
+        progress("cut at 50 %: through a proxy that closes the connection once")
+        cut = measure_cut(bench, meteorpi, source, md5)
+    progress("peak memory: a fresh server for each file")
+    memory = measure_memory(bench, [(small, small_md5), (source, md5)])
+    return throughput, memory, cut
 
 
 if __name__ == "__main__":
