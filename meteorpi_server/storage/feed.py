@@ -345,15 +345,17 @@ def wait_for_changes(database: Database, since: int, limit: int, timeout_seconds
     connection is held while waiting.
     """
     deadline = clock() + timeout_seconds
+    signal = database.change_signal if sleep is None else None
     while True:
+        mark = signal.mark() if signal else 0
         with database.read() as session:
             page = read_changes(session, since, limit, which, latest)
         if page.changes or clock() >= deadline:
             return page
         since = page.last
         remaining = max(0.0, deadline - clock())
-        if sleep is None:
-            database.change_signal.wait(since, remaining)
+        if signal:
+            signal.wait(mark, remaining)
         else:
             sleep(min(POLL_INTERVAL_SECONDS, remaining))
 
@@ -367,7 +369,9 @@ def follow_changes(database: Database, since: int, which: ChangeFilter = EVERYTH
     poll) is true; None after each ``idle_seconds`` without one (time for a heartbeat).
     Raises CursorAhead if ``since`` is, or comes to be, past the newest change."""
     quiet_since = clock()
+    signal = database.change_signal if sleep is None else None
     while not stop():
+        mark = signal.mark() if signal else 0
         with database.read() as session:
             page = read_changes(session, since, batch, which)
         since = page.last
@@ -378,9 +382,8 @@ def follow_changes(database: Database, since: int, which: ChangeFilter = EVERYTH
             yield None
             quiet_since = clock()
         if not page.more:
-            if sleep is None:
-                database.change_signal.wait(
-                    since, max(0.0, idle_seconds - (clock() - quiet_since)))
+            if signal:
+                signal.wait(mark, max(0.0, idle_seconds - (clock() - quiet_since)))
             else:
                 sleep(POLL_INTERVAL_SECONDS)
 

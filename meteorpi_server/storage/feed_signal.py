@@ -5,7 +5,8 @@ transaction that stores records sends ``NOTIFY meteorpi_feed`` with the newest s
 it numbered (delivered at its commit, to every host on the database). Each process keeps
 one listening connection, on a daemon thread started by its first reader: a notification
 wakes the readers waiting in that process, who then read the feed table again, so the
-notification carries nothing they must trust. Readers still look every few seconds on
+notification carries nothing they must trust (its sequence may even be past theirs for
+good, after a restore of the database). Readers still look every few seconds on
 their own, and poll as on SQLite (every ``POLL_SECONDS``) while the listener is down:
 a lost notification or a lost connection delays news, never loses it.
 
@@ -40,19 +41,25 @@ class ChangeSignal:
         self._conninfo = (url.set(drivername="postgresql").render_as_string(hide_password=False)
                           if url is not None else None)
         self._condition = threading.Condition()
-        self.newest = 0
+        self._heard = 0  # notifications (and reconnections) so far
         self.listening = False
         self._closed = False
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
 
-    def wait(self, since: int, timeout: float) -> None:
-        """Return once a change past ``since`` may have been committed, or after at most
-        ``timeout`` seconds (sooner while not listening: then this is a poll's pause)."""
+    def mark(self) -> int:
+        """Call before reading the feed, and give the result to :meth:`wait`: a commit
+        heard of in between then ends the wait at once."""
         self._ensure_listener()
         with self._condition:
+            return self._heard
+
+    def wait(self, mark: int, timeout: float) -> None:
+        """Return once a commit was heard of since :meth:`mark` gave ``mark``, or after at
+        most ``timeout`` seconds (sooner while not listening: then this is a poll's pause)."""
+        with self._condition:
             if self.listening:
-                self._condition.wait_for(lambda: self.newest > since or not self.listening,
+                self._condition.wait_for(lambda: self._heard != mark or not self.listening,
                                          timeout=min(timeout, LISTENING_POLL_SECONDS))
             else:
                 self._condition.wait(min(timeout, POLL_SECONDS))
@@ -83,10 +90,10 @@ class ChangeSignal:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
-                    self._set_listening(True)  # readers look again: news before LISTEN
+                    self._set_listening(True)
                     while not self._closed:
-                        for notification in connection.notifies(timeout=_CHECK_SECONDS):
-                            self._heard(notification.payload)
+                        for _ in connection.notifies(timeout=_CHECK_SECONDS):
+                            self._wake()
             except psycopg.Error as error:
                 if not self._closed:
                     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -99,13 +106,10 @@ class ChangeSignal:
     def _set_listening(self, listening: bool) -> None:
         with self._condition:
             self.listening = listening and not self._closed
+            self._heard += 1  # readers look again: commits before LISTEN went unheard
             self._condition.notify_all()
 
-    def _heard(self, payload: str) -> None:
-        try:
-            sequence = int(payload)
-        except ValueError:
-            return
+    def _wake(self) -> None:
         with self._condition:
-            self.newest = max(self.newest, sequence)
+            self._heard += 1
             self._condition.notify_all()

@@ -29,7 +29,7 @@ def two_hosts(database_url, app):
 
 def _listening(database: Database) -> None:
     """Start the reader's listener and wait until it listens (PostgreSQL only)."""
-    database.change_signal.wait(0, 0)
+    database.change_signal.mark()
     deadline = time.monotonic() + PATIENCE
     while not database.change_signal.listening:
         assert time.monotonic() < deadline, "the feed listener never started listening"
@@ -84,7 +84,7 @@ def test_readers_still_get_changes_after_the_listener_loses_its_connection(
 def test_disposing_of_the_database_stops_its_listener(two_hosts, database_url):
     reader, _ = two_hosts
     if backend(database_url) != "postgresql":
-        reader.change_signal.wait(0, 0)
+        reader.change_signal.mark()
         assert reader.change_signal._thread is None  # readers poll; nothing listens
         return
     _listening(reader)
