@@ -135,22 +135,21 @@ class ResumableUploader:
         """Send one chunk; where to send from next (see :meth:`_follow`). The chunk is
         let go on return, before the next is asked for, so two are held, not three."""
         try:
-            response = self._send(upload.url, chunk.offset, upload.size, chunk)
+            response = self._send(upload.url, upload.size, chunk)
         except requests.RequestException as error:
             upload.failures = self._back_off(
                 upload.failures, f"sending bytes {chunk.offset}+ of {upload.file_id.hex}: {error}")
             return self._offset(upload.url)
-        return self._follow(upload, chunk.offset, chunk.data, response)
+        return self._follow(upload, chunk, response)
 
-    def _follow(self, upload: _Upload, offset: int, chunk: bytes,
-                response: requests.Response) -> int | None:
-        """Where to send from after the reply to a chunk sent at ``offset`` (None: the
-        server holds the whole file). Raises UploadFailed or UploadRefused when the
-        upload cannot go on, _Md5Mismatch when the server found the whole file wrong."""
-        url, reply = upload.url, _json(response)
+    def _follow(self, upload: _Upload, chunk: _Chunk, response: requests.Response) -> int | None:
+        """Where to send from after the reply to ``chunk`` (None: the server holds the
+        whole file). Raises UploadFailed or UploadRefused when the upload cannot go on,
+        _Md5Mismatch when the server found the whole file wrong."""
+        url, reply, offset = upload.url, _json(response), chunk.offset
         status = response.status_code
         if status == 200 and reply.get("complete"):
-            upload.sent(len(chunk))
+            upload.sent(len(chunk.data))
             return None
         if status == 200:
             moved_to = reply.get("offset")
@@ -168,7 +167,7 @@ class ResumableUploader:
             # fail their md5 or expire, so the target may take ours later.
             raise UploadFailed(f"{url} holds {reply.get('offset')} bytes of an upload of "
                                f"{reply.get('length')} bytes, not {upload.size}")
-        if status == 413 and self._lower_chunk_size(len(chunk)):
+        if status == 413 and self._lower_chunk_size(len(chunk.data)):
             return offset  # the target lowered its max_chunk_bytes: send smaller chunks
         if status == 409 and reply.get("error") == UPLOAD_BUSY:
             # Another request still holds the upload (most likely our own, cut off on
@@ -193,8 +192,8 @@ class ResumableUploader:
                                f"{reply.get('message', response.text[:200])}", status)
         raise UploadRefused(f"{url} answered {status}: {reply.get('message', response.text[:200])}")
 
-    def _send(self, url: str, offset: int, size: int, chunk: _Chunk) -> requests.Response:
-        headers = {"Content-Type": RESUMABLE_MEDIA_TYPE, UPLOAD_OFFSET_HEADER: str(offset),
+    def _send(self, url: str, size: int, chunk: _Chunk) -> requests.Response:
+        headers = {"Content-Type": RESUMABLE_MEDIA_TYPE, UPLOAD_OFFSET_HEADER: str(chunk.offset),
                    UPLOAD_LENGTH_HEADER: str(size)}
         if chunk.checksum:
             headers[UPLOAD_CHECKSUM_HEADER] = chunk.checksum
@@ -308,7 +307,7 @@ class _Chunks:
                 break  # the file shrank: the server's md5 check will say so
             parts.append(part)
             position += len(part)
-        data = b"".join(parts) if len(parts) != 1 else parts[0]
+        data = b"".join(parts)  # (one part is returned as it is, not copied)
         checksum = None
         if self.algorithm:
             digest = hashlib.new(self.algorithm, data).digest()

@@ -24,7 +24,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..storage.orm import ExportConfigRow, ExportTaskRow
-from ..storage.store import now_ms
+from ..storage.store import in_slices, now_ms
 from .configs import clip
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
@@ -80,11 +80,10 @@ def complete_many(session: Session, config_id: uuid.UUID, entity_ids: list[uuid.
     if not entity_ids:
         return
     now = now_ms() if now is None else now
-    for start in range(0, len(entity_ids), 1000):
+    for ids in in_slices(entity_ids):
         session.execute(
             update(ExportTaskRow)
-            .where(ExportTaskRow.config_id == config_id,
-                   ExportTaskRow.entity_id.in_(entity_ids[start:start + 1000]))
+            .where(ExportTaskRow.config_id == config_id, ExportTaskRow.entity_id.in_(ids))
             .values(state=DONE, finished_at=now, last_error=None))
     note_target_success(session, config_id, now)
 

@@ -176,8 +176,10 @@ class ResumableUploads:
         try:
             pin_path = _pin_path(path)
             pinned = _read_pin(pin_path)
-            held = _held(os.fstat(descriptor).st_size, pinned)
-            os.ftruncate(descriptor, held)  # bytes past the pinned offset were never confirmed
+            size = os.fstat(descriptor).st_size
+            held = _held(size, pinned)
+            if size > held:  # bytes past the pinned offset (a crash mid-chunk): never confirmed
+                os.ftruncate(descriptor, held)
             # Until a byte is held there is nothing to protect, so a new declaration may
             # replace a pin (one left by an upload swept away, say).
             if held and pinned is not None and pinned.length != length:

@@ -525,7 +525,7 @@ def get_events(session: Session, event_ids: Collection[uuid.UUID]) -> dict[uuid.
     three times the queries themselves.
     """
     events, meta, file_rows = [], defaultdict(list), []
-    for ids in _slices(event_ids):
+    for ids in in_slices(event_ids):
         events += session.execute(select(EventRow.__table__).where(EventRow.event_id.in_(ids))).all()
         for row in session.execute(select(EventMetaRow.__table__).where(EventMetaRow.event_id.in_(ids))
                                    .order_by(EventMetaRow.event_id, EventMetaRow.position)):
@@ -542,7 +542,7 @@ def get_events(session: Session, event_ids: Collection[uuid.UUID]) -> dict[uuid.
 def get_file_records(session: Session, file_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, FileRecord]:
     """The stored ones of ``file_ids``, by id, loaded together (see :func:`get_events`)."""
     rows = []
-    for ids in _slices(file_ids):
+    for ids in in_slices(file_ids):
         rows += session.execute(select(FileRecordRow.__table__)
                                 .where(FileRecordRow.file_id.in_(ids))).all()
     return {record.file_id: record for record in _file_records(session, rows)}
@@ -551,16 +551,16 @@ def get_file_records(session: Session, file_ids: Collection[uuid.UUID]) -> dict[
 def _file_records(session: Session, rows) -> list[FileRecord]:
     """File records of Core ``rows`` (in their order), with their meta."""
     meta = defaultdict(list)
-    for ids in _slices([row.file_id for row in rows]):
+    for ids in in_slices([row.file_id for row in rows]):
         for row in session.execute(select(FileMetaRow.__table__).where(FileMetaRow.file_id.in_(ids))
                                    .order_by(FileMetaRow.file_id, FileMetaRow.position)):
             meta[row.file_id].append(row)
     return [_file_record(row, meta[row.file_id]) for row in rows]
 
 
-def _slices(ids: Collection[uuid.UUID], size: int = 1000) -> Iterator[list[uuid.UUID]]:
-    """``ids`` in lists of ``size``: an IN list per query stays well within SQLite's limit
-    of bound parameters."""
+def in_slices(ids: Collection[uuid.UUID], size: int = 1000) -> Iterator[list[uuid.UUID]]:
+    """``ids`` in lists of ``size``, one per query: an IN list then stays well within
+    SQLite's limit of bound parameters."""
     ids = list(ids)
     for start in range(0, len(ids), size):
         yield ids[start:start + size]
