@@ -26,7 +26,7 @@ DEMO_DATA_ARGS ?= --cameras 3 --nights 2 --events-per-night 15 --files-per-event
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,postgres]'
+	$(BIN)/pip install --quiet -e '.[test,postgres,s3]'
 	touch $@
 
 install: $(BIN)/.installed

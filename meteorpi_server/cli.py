@@ -12,7 +12,8 @@ from meteorpi_model import ROLES
 
 from .config import Config, ConfigError, load_config
 from .storage.db import Database, NoDatabase, SchemaError
-from .storage.files import FileStore
+from .storage.file_stores import open_file_store
+from .storage.files import FileStoreError
 
 if TYPE_CHECKING:
     from .auth import Users
@@ -57,6 +58,18 @@ class Context:
             database.check_schema()
         return database
 
+    def files(self, local_only: str | None = None):
+        """The configured file store, checked: a bucket that cannot be used is one line
+        saying why (``s3.S3Unavailable``). ``local_only`` names a command that works only
+        on a local directory, and makes a bucket an error saying so."""
+        files = open_file_store(self.config, check=True)
+        if local_only and files.kind != "local":
+            raise click.ClickException(
+                f"{local_only} works on a local file store, and file_store is the bucket "
+                f"{files.describe()}: keep a bucket's files safe with the bucket's own "
+                "versioning or replication")
+        return files
+
     def _settings_source(self) -> str:
         import os
 
@@ -94,7 +107,7 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, SchemaError) as error:
+        except (ConfigError, SchemaError, FileStoreError) as error:
             raise click.ClickException(str(error)) from None
         except ValueError as error:
             # auth is imported only by the commands that manage users (so that others
@@ -253,7 +266,7 @@ def files_gc(context: Context, quiet: bool) -> None:
     from .storage.maintenance import sweep_orphan_data
 
     config = context.config
-    result = sweep_orphan_data(context.database(), FileStore(config.file_store),
+    result = sweep_orphan_data(context.database(), context.files(),
                                config.orphan_data_seconds, config.upload_expiry_seconds,
                                scan_disk=True)
     if not quiet:
@@ -295,6 +308,7 @@ def serve(context: Context, host: str | None, port: int | None, workers: int | N
                (("host", host), ("port", port), ("workers", workers)) if value is not None}
     config = context.config.replace(**changes)
     database = context.database()
+    context.files()  # a bucket that cannot be used stops the start, in one line
     # Bound before the first user is made, so a server that cannot start shows no password.
     try:
         listener = listen(config.host, config.port)
@@ -645,7 +659,7 @@ def export_run(context: Context, once: bool, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_connection_retries()
     reporter = Reporter() if quiet else reporter_for(sys.stderr)
-    exporter = Exporter(database, FileStore(config.file_store), settings, reporter)
+    exporter = Exporter(database, context.files(), settings, reporter)
     stop = threading.Event()
 
     def request_stop(signum, _frame):
@@ -735,7 +749,7 @@ def demo_data(context: Context, cameras: int, nights: int, events_per_night: int
     plan = DemoPlan(cameras=cameras, nights=nights, events_per_night=events_per_night,
                     files_per_event=files_per_event, standalone_files=standalone_files,
                     file_size=size, first_night=first_night.date() if first_night else None)
-    recorder = Recorder(context.database(), FileStore(context.config.file_store))
+    recorder = Recorder(context.database(), context.files())
     with _export_errors(), _camera_night_progress(cameras * nights) as on_progress:
         result = generate(recorder, plan, on_progress=on_progress)
     click.echo(f"recorded {result.statuses} statuses, {result.events} events with "
@@ -788,7 +802,7 @@ def backup_command(context: Context, directory: str, always_copy: bool) -> None:
     from .storage.backup import backup
 
     with _backup_errors():
-        result = backup(context.database(), FileStore(context.config.file_store), directory,
+        result = backup(context.database(), context.files(local_only="meteorpi backup"), directory,
                         _backup_progress(), link=not always_copy)
     click.echo(result.summary())
     for problem in result.problems:
@@ -807,7 +821,7 @@ def restore_command(context: Context, directory: str) -> None:
 
     with _backup_errors():
         result = restore(context.database(check_schema=False),
-                         FileStore(context.config.file_store), directory, _backup_progress())
+                         context.files(local_only="meteorpi restore"), directory, _backup_progress())
     click.echo(result.summary())
     for problem in result.problems:
         click.echo(f"PROBLEM: {problem}", err=True)

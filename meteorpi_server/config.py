@@ -93,6 +93,15 @@ def _non_empty_str(value: Any) -> str:
     return text
 
 
+def _file_store(value: Any) -> str:
+    text = _non_empty_str(value)
+    if text.startswith("s3:"):
+        from .storage.s3 import parse_s3_url
+
+        parse_s3_url(text)  # ValueError says what a bucket URL looks like
+    return text
+
+
 _URL_EXAMPLES = "such as sqlite:///var/meteorpi.db or postgresql+psycopg://user@host/dbname"
 
 
@@ -154,7 +163,19 @@ SETTINGS: tuple[Setting, ...] = (
             "SQLAlchemy URL of the database. SQLite for a single host, PostgreSQL "
             "(postgresql+psycopg://user@host/db) in production.", _database_url),
     Setting("file_store", "var/files",
-            "Directory that holds file contents, named by file id.", _non_empty_str),
+            "Where file contents are kept, named by file id: a directory, or an S3-compatible "
+            "bucket as s3://BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role).", _file_store),
+    Setting("s3_endpoint_url", "",
+            "URL of the S3 server when file_store is a bucket elsewhere than AWS (Ceph RGW, "
+            "SeaweedFS, Garage, MinIO), e.g. http://127.0.0.1:8333; empty for AWS.", _str),
+    Setting("s3_staging_dir", "var/uploads",
+            "With a bucket file store: this host's directory where resumable uploads grow "
+            "until they are whole and verified, before they go to the bucket.", _non_empty_str),
+    Setting("s3_presigned_downloads_seconds", 0,
+            "With a bucket file store: 0 streams downloads through the server; N answers "
+            "GET /files/content with a redirect to a presigned URL valid N seconds (the "
+            "bucket must then be reachable by clients).", _non_negative_int),
     Setting("receiver", "meteorpi_server.receiver:DatabaseImportReceiver",
             "Import receiver class, as module:Class. Subclass BaseImportReceiver.", _receiver),
     Setting("import_cache_size", 1024,
@@ -306,6 +327,9 @@ class Config:
 
     database_url: str
     file_store: str
+    s3_endpoint_url: str
+    s3_staging_dir: str
+    s3_presigned_downloads_seconds: int
     receiver: str
     import_cache_size: int
     max_json_bytes: int

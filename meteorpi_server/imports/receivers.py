@@ -201,7 +201,8 @@ class BaseImportReceiver:
         """Called once a file record and its verified bytes are both stored.
 
         A place to start processing a new image or video. ``path`` is where the bytes
-        are (read it, do not move it). Called after the storing transaction committed,
+        are (read it, do not move it); None when the file store is a bucket (read them
+        with ``self.files.open(record.file_id)``). Called after the storing transaction committed,
         once per file (for an event, once for each of its files), under both protocols;
         an exception here is logged and does not affect the import. Only receivers that
         store records call it (the database receiver does).

@@ -21,6 +21,9 @@ Four checks, each with a reason that says what is wrong and what to do:
     the store's file system has at least ``min_free_bytes`` free (``os.statvfs``, the
     space an unprivileged user may use).
 
+With a bucket as the file store, ``file_store`` writes and removes a small object in it
+(with time-outs of a few seconds), and ``disk_space`` watches ``cache_dir``'s disk.
+
 Liveness (``GET /health``) needs none of this: the process answers, so it can serve.
 """
 from __future__ import annotations
@@ -78,9 +81,16 @@ def readiness(services: Services, database_timeout: float = DATABASE_TIMEOUT_SEC
     """Run every check (each on its own: a failing database still lets the file store be
     checked) and return them."""
     database, schema = _database_checks(services.database, database_timeout)
-    root = Path(services.config.file_store)
-    return Readiness([database, schema, file_store_check(root),
-                      disk_space_check(root, services.config.min_free_bytes)])
+    files = services.files
+    if files.kind == "local":
+        root = Path(services.config.file_store)
+        return Readiness([database, schema, file_store_check(root),
+                          disk_space_check(root, services.config.min_free_bytes)])
+    # A bucket has no free space to watch; the local disk this host still writes to (its
+    # cache: thumbnails, lock files) does.
+    return Readiness([database, schema, bucket_check(files),
+                      disk_space_check(Path(services.config.cache_dir),
+                                       services.config.min_free_bytes)])
 
 
 # The database and its schema -------------------------------------------------------------
@@ -199,6 +209,18 @@ def file_store_check(root: Path) -> Check:
                      f"the file store {root} is {kind}: {error.strerror or error} "
                      f"({error.filename or probe}); {advice}")
     return Check("file_store", True, f"{root} is writable")
+
+
+def bucket_check(files) -> Check:
+    """Read and write the bucket, as at start-up, with short time-outs and no retries, so
+    an unreachable S3 server fails the probe within seconds."""
+    from ..storage.s3 import S3Unavailable
+
+    try:
+        files.check(quick=True)
+    except S3Unavailable as error:
+        return Check("file_store", False, str(error))
+    return Check("file_store", True, f"{files.describe()} is writable")
 
 
 _STORE_ERRORS = {

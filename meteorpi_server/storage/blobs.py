@@ -6,8 +6,10 @@ which md5 they have; a record is stored only if that row matches it
 sent the wrong ones first), and unclaimed ones are swept away, so every writer and
 remover of bytes goes through here, and each does its work as one step:
 
-1. under the file store's placement lock for those ids (``FileStore.locked``), so one
-   placement or removal of an id runs at a time, in any thread or process;
+1. under the placement lock of those ids, so one placement or removal of an id runs at a
+   time, in any thread or process: the file store's lock (``FileStore.locked``) on
+   SQLite, a single host; an advisory lock in the database (``db_locks``) on PostgreSQL,
+   which any number of hosts sharing it and one bucket hold in common;
 2. a transaction locks the rows, keeps the bytes a stored record relies on (or the very
    same bytes), and deletes the rows of the bytes about to be replaced, so from then on
    no record can claim them;
@@ -27,7 +29,9 @@ from typing import BinaryIO
 
 from . import store
 from .db import Database
+from .db_locks import PLACEMENT, AdvisoryLocks
 from .files import FileGroup, FileStore, StoredFile
+from .s3 import S3FileStore
 
 log = logging.getLogger("meteorpi.blobs")
 
@@ -35,9 +39,11 @@ log = logging.getLogger("meteorpi.blobs")
 class Blobs:
     """Places and removes the bytes of ``files`` together with their rows in ``database``."""
 
-    def __init__(self, database: Database, files: FileStore):
+    def __init__(self, database: Database, files: FileStore | S3FileStore):
         self.database = database
         self.files = files
+        self.locked = (files.locked if database.is_sqlite
+                       else AdvisoryLocks(database.engine, PLACEMENT).locked)
 
     def write(self, file_id: uuid.UUID, source: BinaryIO, md5: str,
               max_bytes: int | None = None) -> StoredFile | None:
@@ -48,7 +54,7 @@ class Blobs:
         """
         pending = self.files.receive(file_id, source, md5, max_bytes)
         try:
-            with self.files.locked([file_id]):
+            with self.locked([file_id]):
                 if self._release({file_id: md5}):
                     return None
                 self.files.install(pending)
@@ -60,10 +66,10 @@ class Blobs:
     def adopt(self, file_id: uuid.UUID, md5: str, path: Path, size: int) -> bool:
         """Store a complete, verified file from ``.uploads/`` (moved, not copied); False
         if it was not needed (the caller then removes it)."""
-        with self.files.locked([file_id]):
+        with self.locked([file_id]):
             if self._release({file_id: md5}):
                 return False
-            self.files.adopt(file_id, path)
+            self.files.adopt(file_id, path, md5)
             self._record([StoredFile(file_id, md5, size)])
         return True
 
@@ -73,7 +79,7 @@ class Blobs:
         if not written:
             return []
         group.make_durable()  # before the lock: other writers wait only for the renames
-        with self.files.locked(written):
+        with self.locked(written):
             stored = group.commit(exclude=self._release(written))
             self._record(stored)
         return stored
@@ -85,7 +91,7 @@ class Blobs:
         removed = 0
         for start in range(0, len(candidates), _SWEEP_BATCH):
             batch = candidates[start:start + _SWEEP_BATCH]
-            with self.files.locked(batch):
+            with self.locked(batch):
                 # Looked at again under the lock: a record may have claimed some since.
                 with self.database.write() as session:
                     orphans = store.delete_orphan_blobs(session, batch, older_than_ms)
@@ -99,7 +105,7 @@ class Blobs:
         removed = 0
         for start in range(0, len(old), _SWEEP_BATCH):
             batch = old[start:start + _SWEEP_BATCH]
-            with self.files.locked(batch):
+            with self.locked(batch):
                 with self.database.read() as session:
                     known = store.known_blob_ids(session, batch)
                 removed += sum(self.files.remove(file_id, unless_newer_than=older_than)

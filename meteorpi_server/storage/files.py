@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import secrets
+import stat
 import struct
 import time
 import uuid
@@ -72,6 +73,51 @@ def _lock_bytes(descriptor: int, offsets: list[int]) -> bool:
                 return False
             raise
     return True
+
+
+class LocalPlacementLocks:
+    """Placement locks of one host: a byte per file id of a lock file in ``directory``.
+
+    Whoever puts bytes at a final path or removes them holds the lock of their ids, so
+    the check of what is stored, the placement and the index row it goes with happen as
+    one step.
+
+    Each id has its own lock: a byte of one lock file, locked with Linux's open file
+    description locks (one descriptor per holder, so threads of a process exclude each
+    other too). Two bundles of different files never wait for each other; with a lock
+    per shard (the fallback where those locks are missing) two bundles of a few hundred
+    files shared nearly every shard and ran one after the other. Locks are taken in
+    order, so two holders never wait for each other in a cycle.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    @contextlib.contextmanager
+    def locked(self, file_ids: Collection[uuid.UUID]) -> Iterator[None]:
+        directory = self.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        if _OFD_SETLKW is not None:
+            descriptor = os.open(directory / PLACEMENT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if _lock_bytes(descriptor, sorted({_lock_offset(file_id) for file_id in file_ids})):
+                    yield
+                    return
+            finally:
+                os.close(descriptor)  # releases every lock taken through it
+        with self._stripes_locked(file_ids):
+            yield
+
+    @contextlib.contextmanager
+    def _stripes_locked(self, file_ids: Collection[uuid.UUID]) -> Iterator[None]:
+        """The fallback: a lock file per shard (256), each held with flock."""
+        stripes = sorted({file_id.hex[:2] for file_id in file_ids})
+        with contextlib.ExitStack() as stack:
+            for stripe in stripes:
+                descriptor = os.open(self.directory / stripe, os.O_RDWR | os.O_CREAT, 0o644)
+                stack.callback(os.close, descriptor)
+                fcntl.flock(descriptor, fcntl.LOCK_EX)  # released when closed
+            yield
 
 
 class FileStoreError(Exception):
@@ -148,9 +194,19 @@ def _receive(file_id: uuid.UUID, source: BinaryIO, expected_md5: str, max_bytes:
 class FileStore:
     """Files under ``root``, sharded by the first two hex digits of their id."""
 
+    kind = "local"
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.uploads = self.root / UPLOADS_DIR
+        self._locks = LocalPlacementLocks(self.root / LOCKS_DIR)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def check(self, quick: bool = False) -> None:
+        """Nothing to check at start-up: the directory is made by the first upload, and
+        GET /health/ready reports whether it is writable."""
 
     def path_for(self, file_id: uuid.UUID) -> Path:
         name = file_id.hex
@@ -161,8 +217,9 @@ class FileStore:
         self.uploads.mkdir(parents=True, exist_ok=True)
         return self.uploads / f"{file_id.hex}.{md5}"
 
-    def adopt(self, file_id: uuid.UUID, path: Path) -> None:
-        """Move a complete, verified file from ``.uploads/`` to its final path, durably."""
+    def adopt(self, file_id: uuid.UUID, path: Path, md5: str | None = None) -> None:
+        """Move a complete file from ``.uploads/``, already verified (to have ``md5``), to
+        its final path, durably."""
         final = self.path_for(file_id)
         new_shard = self._make_shard(final.parent)
         with open(path, "rb") as handle:
@@ -184,52 +241,26 @@ class FileStore:
         for directory in set(directories) | extra:
             _fsync_directory(directory)
 
-    @contextlib.contextmanager
-    def locked(self, file_ids: Collection[uuid.UUID]) -> Iterator[None]:
-        """Hold the placement lock of ``file_ids``, across threads and processes.
-
-        Whoever puts bytes at a final path or removes them holds this, so the check of
-        what is stored, the rename and the index row it goes with happen as one step.
-
-        Each id has its own lock: a byte of one lock file, locked with Linux's open file
-        description locks (one descriptor per holder, so threads of a process exclude each
-        other too). Two bundles of different files never wait for each other; with a lock
-        per shard (the fallback where those locks are missing) two bundles of a few hundred
-        files shared nearly every shard and ran one after the other. Locks are taken in
-        order, so two holders never wait for each other in a cycle.
-        """
-        directory = self.root / LOCKS_DIR
-        directory.mkdir(parents=True, exist_ok=True)
-        if _OFD_SETLKW is not None:
-            descriptor = os.open(directory / PLACEMENT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if _lock_bytes(descriptor, sorted({_lock_offset(file_id) for file_id in file_ids})):
-                    yield
-                    return
-            finally:
-                os.close(descriptor)  # releases every lock taken through it
-        with self._stripes_locked(directory, file_ids):
-            yield
-
-    @contextlib.contextmanager
-    def _stripes_locked(self, directory: Path, file_ids: Collection[uuid.UUID]) -> Iterator[None]:
-        """The fallback: a lock file per shard (256), each held with flock."""
-        stripes = sorted({file_id.hex[:2] for file_id in file_ids})
-        with contextlib.ExitStack() as stack:
-            for stripe in stripes:
-                descriptor = os.open(directory / stripe, os.O_RDWR | os.O_CREAT, 0o644)
-                stack.callback(os.close, descriptor)
-                fcntl.flock(descriptor, fcntl.LOCK_EX)  # released when closed
-            yield
+    def locked(self, file_ids: Collection[uuid.UUID]):
+        """Hold the placement lock of ``file_ids`` on this host (see :class:`LocalPlacementLocks`)."""
+        return self._locks.locked(file_ids)
 
     def exists(self, file_id: uuid.UUID) -> bool:
         return self.path_for(file_id).is_file()
+
+    def stat(self, file_id: uuid.UUID) -> tuple[int, float] | None:
+        """The file's size and modification time (a time.time()), or None if missing."""
+        try:
+            found = os.stat(self.path_for(file_id))
+        except FileNotFoundError:
+            return None
+        return (found.st_size, found.st_mtime) if stat.S_ISREG(found.st_mode) else None
 
     def group(self) -> FileGroup:
         """A :class:`FileGroup` of this store, for many small files made durable at once."""
         return FileGroup(self)
 
-    def open(self, file_id: uuid.UUID) -> BinaryIO:
+    def open(self, file_id: uuid.UUID, size: int | None = None) -> BinaryIO:
         return open(self.path_for(file_id), "rb")
 
     def receive(self, file_id: uuid.UUID, source: BinaryIO, expected_md5: str,

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -65,8 +66,8 @@ class Thumbnails:
         """
         with self.database.read() as session:
             record = store.get_file_record(session, file_id)
-        source = self.files.path_for(file_id)
-        if record is None or not source.is_file():
+        found = self.files.stat(file_id) if record is not None else None
+        if found is None:
             raise NoThumbnail(404, "not_found", f"this server holds no file {file_id.hex}")
         if not record.mime_type.lower().startswith("image/"):
             raise NoThumbnail(404, "not_an_image", f"file {file_id.hex} is {record.mime_type}, "
@@ -81,7 +82,8 @@ class Thumbnails:
         with _making:
             if not target.is_file():  # another thread may have made it meanwhile
                 try:
-                    thumbnail = _shrink(source)
+                    with self.files.open(file_id, found[0]) as source:
+                        thumbnail = _shrink(source)
                 except Exception as error:  # Pillow raises many kinds on bad data
                     log.info("no thumbnail for file %s: %s: %s", file_id.hex,
                              type(error).__name__, error)
@@ -98,7 +100,7 @@ def _unreadable(file_id: uuid.UUID) -> NoThumbnail:
                        f"of an unknown format, or larger than {MAX_DECODED_PIXELS} pixels)")
 
 
-def _shrink(source: Path) -> Image.Image:
+def _shrink(source: BinaryIO) -> Image.Image:
     with Image.open(source) as image:
         # A JPEG decodes directly at 1/2, 1/4 or 1/8 scale: far less memory and time.
         image.draft("RGB", (SIZE, SIZE))

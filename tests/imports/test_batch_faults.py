@@ -17,6 +17,7 @@ from test_upload_faults import CuttingProxy
 from meteorpi_server.exporter.batch import BatchSender, BatchStats
 from meteorpi_server.exporter.handshake import ImportClient, TargetError
 from meteorpi_server.storage import store
+from store_queries import stored_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ def assert_consistent_and_complete(services, dataset):
         for record in dataset.files:
             assert store.get_file_record(session, record.file_id) == record
     for file_id, data in dataset.contents.items():
-        assert services.files.path_for(file_id).read_bytes() == data
+        assert stored_bytes(services.files, file_id) == data
 
 
 def assert_no_record_without_its_bytes(services, dataset) -> int:
@@ -85,7 +86,7 @@ def assert_no_record_without_its_bytes(services, dataset) -> int:
             if store.has_event(session, event.event_id):
                 stored += 1
                 for record in event.files:
-                    assert services.files.path_for(record.file_id).read_bytes() == dataset.contents[record.file_id]
+                    assert stored_bytes(services.files, record.file_id) == dataset.contents[record.file_id]
     return stored
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from meteorpi_model import md5_bytes
 from meteorpi_server.storage import store
+from store_queries import nothing_in_store
 
 CAMERA = factories.status()
 GOOD_EVENT = factories.event(CAMERA, [])
@@ -17,8 +18,7 @@ GOOD_EVENT = factories.event(CAMERA, [])
 def nothing_written(services) -> bool:
     with services.database.read() as session:
         counts = store.count_rows(session)
-    files = list(services.files.root.rglob("*")) if services.files.root.exists() else []
-    return set(counts.values()) == {0} and not [path for path in files if path.is_file()]
+    return set(counts.values()) == {0} and nothing_in_store(services.files)
 
 
 def bad_event(**changes):

@@ -11,6 +11,7 @@ from sqlalchemy import update
 from meteorpi_model import md5_bytes
 from meteorpi_server.storage import store
 from meteorpi_server.storage.orm import StoredBlobRow
+from store_queries import nothing_in_store, stored_bytes
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_a_stored_event_keeps_its_files_bytes_and_who_sent_it(node, camera, data
     event = dataset.add_event(camera, file_count=3)
     node.replicate(event, dataset.statuses, dataset.contents)
     for record in event.files:
-        assert services.files.path_for(record.file_id).read_bytes() == dataset.contents[record.file_id]
+        assert stored_bytes(services.files, record.file_id) == dataset.contents[record.file_id]
     with services.database.read() as session:
         from meteorpi_server.storage.orm import EventRow
         row = session.get(EventRow, event.event_id)
@@ -141,8 +142,7 @@ def test_bytes_that_do_not_match_their_md5_are_discarded(node, camera, dataset, 
     node.send(event)
     node.send(camera)
     assert node.upload(record.file_id, b"corrupted", md5=record.md5) == {"state": "continue"}
-    assert not services.files.path_for(record.file_id).exists()
-    assert list(services.files.root.rglob("*.part")) == []
+    assert nothing_in_store(services.files)
     assert node.send_cached(event.event_id) == {
         "state": "need_file_data", "file_id": record.file_id.hex}
 
@@ -236,7 +236,7 @@ def test_bytes_of_a_stored_file_are_never_replaced(node, camera, dataset, servic
     node.replicate(record, dataset.statuses, dataset.contents)
     other = b"replacement attempt"
     node.upload(record.file_id, other, md5=md5_bytes(other))
-    assert services.files.path_for(record.file_id).read_bytes() == dataset.contents[record.file_id]
+    assert stored_bytes(services.files, record.file_id) == dataset.contents[record.file_id]
 
 
 def test_uploaded_bytes_whose_record_never_arrives_are_removed_after_the_wait(
@@ -255,8 +255,8 @@ def test_uploaded_bytes_whose_record_never_arrives_are_removed_after_the_wait(
         session.execute(update(StoredBlobRow).values(touched_at=0))
     result = sweep_orphan_data(services.database, services.files, 1, 3600)
     assert result.orphaned_files == 1
-    assert not services.files.path_for(orphan.file_id).exists()
-    assert services.files.path_for(kept.file_id).exists()
+    assert not services.files.exists(orphan.file_id)
+    assert services.files.exists(kept.file_id)
     services.database.dispose()
 
 

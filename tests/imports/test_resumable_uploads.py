@@ -10,6 +10,7 @@ from protocol import ProtocolClient, ResumableClient, chunk_checksum
 
 from meteorpi_model import md5_bytes
 from meteorpi_server.imports.resumable import Checksum
+from store_queries import stored_bytes
 
 DATA = factories.file_bytes(300_000)
 MD5 = md5_bytes(DATA)
@@ -57,7 +58,7 @@ def test_each_chunk_moves_the_offset_on(uploader, file_id):
 def test_the_last_chunk_stores_the_verified_file_and_answers_like_a_legacy_upload(uploader, file_id, services):
     reply = uploader.send_all(file_id, DATA, 100_000).get_json()
     assert reply == {"state": "continue", "offset": len(DATA), "complete": True}
-    assert services.files.path_for(file_id).read_bytes() == DATA
+    assert stored_bytes(services.files, file_id) == DATA
     assert partial_uploads(services) == []
     assert uploader.state(file_id, MD5).get_json() == {"state": "continue", "complete": True}
 
@@ -112,7 +113,7 @@ def test_a_file_whose_md5_does_not_match_is_discarded_and_said_so(uploader, file
     response = uploader.chunk(file_id, wrong, 0, len(DATA), DATA)
     assert response.status_code == 422
     assert response.get_json()["error"] == "md5_mismatch"
-    assert not services.files.path_for(file_id).exists()
+    assert not services.files.exists(file_id)
     assert partial_uploads(services) == []
     assert uploader.state(file_id, wrong).get_json()["offset"] == 0
 
@@ -182,7 +183,7 @@ def test_the_first_chunk_pins_the_files_length(uploader, file_id, services):
     assert longer.status_code == 409 and longer.get_json()["error"] == "length_mismatch"
     assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
     assert uploader.chunk(file_id, MD5, 1000, len(DATA), DATA[1000:]).get_json()["complete"]
-    assert services.files.path_for(file_id).read_bytes() == DATA
+    assert stored_bytes(services.files, file_id) == DATA
     assert partial_uploads(services) == []
 
 
@@ -195,7 +196,7 @@ def test_a_partial_upload_from_before_length_pins_goes_on(uploader, file_id, ser
     services.files.upload_path(file_id, MD5).write_bytes(DATA[:1000])
     response = uploader.chunk(file_id, MD5, 1000, len(DATA), DATA[1000:])
     assert response.get_json()["complete"]
-    assert services.files.path_for(file_id).read_bytes() == DATA
+    assert stored_bytes(services.files, file_id) == DATA
 
 
 def test_chunks_and_files_over_the_limits_are_a_413(settings, exporter_auth, file_id):
@@ -240,7 +241,7 @@ def test_a_chunk_is_never_acknowledged_into_a_partial_file_swept_away_under_it(
     assert response.get_json()["offset"] == 0  # the truth: the server holds nothing now
     assert uploader.state(file_id, MD5).get_json()["offset"] == 0
     assert uploader.send_all(file_id, DATA, 100_000).get_json()["complete"]
-    assert services.files.path_for(file_id).read_bytes() == DATA
+    assert stored_bytes(services.files, file_id) == DATA
 
 
 def test_an_upload_of_bytes_already_stored_is_complete_at_once(client, exporter_auth, uploader, tmp_path):
@@ -269,7 +270,7 @@ def test_a_resumable_upload_completes_the_handshake(client, exporter_auth, uploa
 def test_an_empty_file_is_one_empty_chunk(uploader, file_id, services):
     empty_md5 = md5_bytes(b"")
     assert uploader.chunk(file_id, empty_md5, 0, 0, b"").get_json()["complete"]
-    assert services.files.path_for(file_id).read_bytes() == b""
+    assert stored_bytes(services.files, file_id) == b""
 
 
 def test_the_file_stored_hook_sees_each_stored_file_once(settings, exporter_auth, tmp_path, monkeypatch):
@@ -278,14 +279,19 @@ def test_the_file_stored_hook_sees_each_stored_file_once(settings, exporter_auth
 
     seen = []
     monkeypatch.setattr(DatabaseImportReceiver, "file_stored",
-                        lambda self, record, path: seen.append((record.file_id, path.read_bytes())))
+                        lambda self, record, path: seen.append((record.file_id, stored_bytes(
+                            self.files, record.file_id), path)))
     app = create_app(settings)
     dataset = factories.DataSet(tmp_path / "node")
     event = dataset.add_event(factories.status(), file_count=2)
     node = ProtocolClient(app.test_client(), exporter_auth)
     node.replicate(event, dataset.statuses, dataset.contents)
     node.send(event)  # already stored: no second call
-    assert seen == [(record.file_id, dataset.contents[record.file_id]) for record in event.files]
+    files = app.extensions["meteorpi"].files
+    # On disk the hook is also told where the bytes are; a bucket has no path to give.
+    assert seen == [(record.file_id, dataset.contents[record.file_id],
+                     files.path_for(record.file_id) if files.kind == "local" else None)
+                    for record in event.files]
     app.extensions["meteorpi"].database.dispose()
 
 
@@ -370,7 +376,7 @@ def test_bytes_a_crash_left_past_the_confirmed_offset_do_not_count(uploader, fil
     assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
     reply = uploader.chunk(file_id, MD5, 1000, len(DATA), DATA[1000:], chunk_checksum(DATA[1000:]))
     assert reply.get_json()["complete"] is True
-    assert services.files.path_for(file_id).read_bytes() == DATA
+    assert stored_bytes(services.files, file_id) == DATA
 
 
 def test_a_pin_a_crash_left_half_written_starts_the_upload_again(uploader, file_id, services):
@@ -379,4 +385,4 @@ def test_a_pin_a_crash_left_half_written_starts_the_upload_again(uploader, file_
     pin.write_bytes(pin.read_bytes()[:10])
     assert uploader.state(file_id, MD5).get_json()["offset"] == 0
     assert uploader.send_all(file_id, DATA, 100_000).get_json()["complete"] is True
-    assert services.files.path_for(file_id).read_bytes() == DATA
+    assert stored_bytes(services.files, file_id) == DATA

@@ -26,6 +26,7 @@ import yaml
 from conftest import GunicornProcess, free_port
 from meteorpi_model import md5_file
 from meteorpi_server.exporter.resumable import ResumableUploader
+from store_queries import stored_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -204,10 +205,11 @@ class CuttingProxy:
 
 
 class FinalPathWatcher:
-    """Polls a file's final path and notes any moment it held fewer bytes than the file."""
+    """Polls a file's final path (or key) and notes any moment it held other than the
+    whole file."""
 
-    def __init__(self, path, size: int):
-        self.path, self.size = path, size
+    def __init__(self, files, file_id, size: int):
+        self.files, self.file_id, self.size = files, file_id, size
         self.partial_sightings: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -215,12 +217,9 @@ class FinalPathWatcher:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            try:
-                seen = os.stat(self.path).st_size
-                if seen != self.size:
-                    self.partial_sightings.append(seen)
-            except FileNotFoundError:
-                pass
+            found = self.files.stat(self.file_id)
+            if found is not None and found[0] != self.size:
+                self.partial_sightings.append(found[0])
             time.sleep(0.002)
 
     def stop(self) -> list[int]:
@@ -275,7 +274,7 @@ def test_an_upload_survives_cut_connections(gunicorn_server, exporter_auth, serv
     port = int(server.url.rsplit(":", 1)[1])
     proxy = CuttingProxy(port, cut_points)
     file_id, md5, size = uuid.uuid4(), md5_file(big_file), big_file.stat().st_size
-    watcher = FinalPathWatcher(services.files.path_for(file_id), size)
+    watcher = FinalPathWatcher(services.files, file_id, size)
     uploader = uploader_for(f"http://127.0.0.1:{proxy.port}", exporter_auth, checksum=checksum)
     with open(big_file, "rb") as source:
         outcome = uploader.upload(file_id, md5, source)
@@ -283,7 +282,7 @@ def test_an_upload_survives_cut_connections(gunicorn_server, exporter_auth, serv
     assert outcome.complete
     assert watcher.stop() == []
     assert proxy.cut_count == len(cut_points)
-    assert services.files.path_for(file_id).read_bytes() == big_file.read_bytes()
+    assert stored_bytes(services.files, file_id) == big_file.read_bytes()
     # Each cut costs at most the chunk in flight; request headers add a few KB in all.
     assert proxy.forwarded < size + len(cut_points) * CHUNK + HEADER_ALLOWANCE
 
@@ -294,7 +293,7 @@ def test_an_upload_survives_the_server_being_killed_and_restarted(server_config,
     server = GunicornProcess(server_config, port, workers=2)
     proxy = CuttingProxy(port, [], delay_per_piece=0.002)  # slow the transfer so the kill lands mid-upload
     file_id, md5, size = uuid.uuid4(), md5_file(big_file), big_file.stat().st_size
-    watcher = FinalPathWatcher(services.files.path_for(file_id), size)
+    watcher = FinalPathWatcher(services.files, file_id, size)
     uploader = uploader_for(f"http://127.0.0.1:{proxy.port}", exporter_auth)
     outcome = {}
 
@@ -315,7 +314,7 @@ def test_an_upload_survives_the_server_being_killed_and_restarted(server_config,
     assert outcome["result"].complete
     assert watcher.stop() == []
     assert 0 < offset_at_kill < size
-    assert services.files.path_for(file_id).read_bytes() == big_file.read_bytes()
+    assert stored_bytes(services.files, file_id) == big_file.read_bytes()
     assert proxy.forwarded < size + 2 * CHUNK + HEADER_ALLOWANCE
 
 
@@ -366,7 +365,7 @@ def test_a_checksummed_chunk_cut_by_a_server_crash_is_not_counted(server_config,
             assert uploader.upload(file_id, md5, source).complete
     finally:
         server.stop()
-    assert services.files.path_for(file_id).read_bytes() == data
+    assert stored_bytes(services.files, file_id) == data
 
 
 EXPORTER_SCRIPT = textwrap.dedent('''
@@ -389,7 +388,7 @@ def test_an_upload_resumes_after_the_exporter_is_killed(gunicorn_server, exporte
     port = int(server.url.rsplit(":", 1)[1])
     proxy = CuttingProxy(port, [], delay_per_piece=0.002)
     file_id, md5, size = uuid.uuid4(), md5_file(big_file), big_file.stat().st_size
-    watcher = FinalPathWatcher(services.files.path_for(file_id), size)
+    watcher = FinalPathWatcher(services.files, file_id, size)
     script = tmp_path / "exporter.py"
     script.write_text(EXPORTER_SCRIPT)
     command = [sys.executable, str(script), f"http://127.0.0.1:{proxy.port}", *exporter_auth,
@@ -411,4 +410,4 @@ def test_an_upload_resumes_after_the_exporter_is_killed(gunicorn_server, exporte
     assert done[:2] == ["done", "True"]
     assert int(done[2]) == size - held  # the second run sent only what the server lacked
     assert watcher.stop() == []
-    assert services.files.path_for(file_id).read_bytes() == big_file.read_bytes()
+    assert stored_bytes(services.files, file_id) == big_file.read_bytes()

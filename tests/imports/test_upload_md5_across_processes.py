@@ -11,6 +11,7 @@ from protocol import ResumableClient
 
 from meteorpi_model import md5_bytes
 from meteorpi_server import create_app
+from store_queries import stored_bytes
 
 DATA = factories.file_bytes(300_000)
 MD5 = md5_bytes(DATA)
@@ -37,7 +38,7 @@ def test_an_upload_whose_chunks_alternate_between_processes_is_stored_verified(
         reply = sender.chunk(file_id, MD5, index * 50_000, len(DATA), piece)
         assert reply.status_code == 200, reply.get_json()
     assert reply.get_json()["complete"] is True
-    assert services.files.path_for(file_id).read_bytes() == DATA
+    assert stored_bytes(services.files, file_id) == DATA
 
 
 def test_bytes_that_fail_the_md5_are_refused_whichever_process_ends_the_upload(two_processes,
@@ -48,7 +49,7 @@ def test_bytes_that_fail_the_md5_are_refused_whichever_process_ends_the_upload(t
     assert first.chunk(file_id, MD5, 0, len(DATA), wrong[:HALF]).status_code == 200
     reply = first.chunk(file_id, MD5, HALF, len(DATA), wrong[HALF:])
     assert reply.status_code == 422 and reply.get_json()["error"] == "md5_mismatch"
-    assert not services.files.path_for(file_id).exists()
+    assert not services.files.exists(file_id)
 
 
 def test_a_partial_file_made_anew_is_never_taken_for_the_one_a_process_remembers(
@@ -66,7 +67,7 @@ def test_a_partial_file_made_anew_is_never_taken_for_the_one_a_process_remembers
     assert second.chunk(file_id, MD5, 0, len(DATA), other_bytes).status_code == 200
     reply = first.chunk(file_id, MD5, HALF, len(DATA), DATA[HALF:])
     assert reply.status_code == 422 and reply.get_json()["error"] == "md5_mismatch"
-    assert not services.files.path_for(file_id).exists()
+    assert not services.files.exists(file_id)
 
 
 def test_a_checksummed_chunk_refused_leaves_the_remembered_md5_out_of_it(app, exporter_auth,
@@ -79,4 +80,4 @@ def test_a_checksummed_chunk_refused_leaves_the_remembered_md5_out_of_it(app, ex
     assert refused.status_code == 422 and refused.get_json()["error"] == "checksum_mismatch"
     reply = uploader.chunk(file_id, MD5, HALF, len(DATA), DATA[HALF:])
     assert reply.status_code == 200 and reply.get_json()["complete"] is True
-    assert services.files.path_for(file_id).read_bytes() == DATA
+    assert stored_bytes(services.files, file_id) == DATA

@@ -11,6 +11,7 @@ import requests
 
 from meteorpi_model import md5_bytes
 from meteorpi_server.exporter.multipart import MultipartFileBody
+from store_queries import everything_in_store, stored_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +27,7 @@ def raw_upload_head(server_url: str, auth, file_id: uuid.UUID, md5: str, length:
 
 
 def files_on_disk(services):
-    root = services.files.root
-    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+    return everything_in_store(services.files)
 
 
 def test_a_client_that_vanishes_mid_upload_leaves_no_file(gunicorn_server, exporter_auth, services):
@@ -116,7 +116,7 @@ def test_a_sender_gone_silent_mid_chunk_does_not_hold_the_upload(gunicorn_server
             break
     else:
         pytest.fail(f"the upload stayed locked by the silent sender (last offset {offset})")
-    assert services.files.path_for(file_id).read_bytes() == data
+    assert stored_bytes(services.files, file_id) == data
     assert reply_status(silent) == 408  # the silent request was ended, and told why
     silent.close()
 
@@ -147,7 +147,7 @@ def test_a_chunked_upload_is_accepted(gunicorn_server, exporter_auth, services):
                              data=chunked(body), headers={"Content-Type": body.content_type},
                              auth=exporter_auth, timeout=30)
     assert response.json() == {"state": "continue"}
-    assert services.files.path_for(file_id).read_bytes() == data
+    assert stored_bytes(services.files, file_id) == data
 
 
 def _temporary_file(data: bytes):

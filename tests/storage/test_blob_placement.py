@@ -14,7 +14,7 @@ import threading
 import pytest
 from protocol import ProtocolClient
 from sqlalchemy import update
-from store_queries import blob_md5
+from store_queries import blob_md5, stored_bytes
 
 from meteorpi_model import md5_bytes
 from meteorpi_server.storage import store
@@ -32,11 +32,11 @@ def node(client, exporter_auth):
 
 
 def held(services, file_id):
-    """(md5 of the index row, md5 of the bytes on disk) for ``file_id``."""
+    """(md5 of the index row, md5 of the bytes in the store) for ``file_id``."""
     with services.database.read() as session:
         row_md5 = blob_md5(session, file_id)
-    path = services.files.path_for(file_id)
-    return row_md5, (md5_bytes(path.read_bytes()) if path.exists() else None)
+    data = stored_bytes(services.files, file_id)
+    return row_md5, (md5_bytes(data) if data is not None else None)
 
 
 class HeldBack(io.RawIOBase):
