@@ -86,7 +86,8 @@ def make_client(endpoint_url: str | None = None, quick: bool = False):
                     max_pool_connections=32,
                     # Servers other than AWS seldom resolve bucket names as host names.
                     s3={"addressing_style": "path" if endpoint_url else "auto"})
-    return boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
+    # A session of its own: boto3's default one keeps the first credentials it found.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
 def _error_code(error: Exception) -> str:
