@@ -274,6 +274,51 @@ def files_gc(context: Context, quiet: bool) -> None:
                    f"and {result.partial_files} partial files")
 
 
+@files.command("migrate")
+@click.option("--to", "target_url", required=True, metavar="s3://BUCKET/PREFIX",
+              help="The bucket (and prefix) to copy the files into; s3_endpoint_url applies.")
+@click.option("--from", "source_dir", metavar="DIR",
+              help="The directory file store to copy from (default: file_store), for the "
+                   "run after file_store was switched to the bucket.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 12), default=4, show_default=True,
+              help="Files uploaded at a time.")
+@_quiet_option
+@pass_context
+def files_migrate(context: Context, target_url: str, source_dir: str | None, jobs: int,
+                  quiet: bool) -> None:
+    """Copy a directory file store into a bucket while the server runs, verifying every
+    file's md5; run it again to copy only what is missing. Exit status 1 if a file could
+    not be copied."""
+    from .storage.backup import Progress
+    from .storage.migrate import migrate, open_source
+    from .storage.s3 import S3FileStore, is_s3_url, parse_s3_url
+
+    config = context.config
+    try:
+        parse_s3_url(target_url)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--to") from None
+    if source_dir is None:
+        if is_s3_url(config.file_store):
+            raise click.ClickException(
+                f"file_store is already the bucket {config.file_store}: give the directory "
+                "the server used before with --from DIR")
+        source_dir = config.file_store
+    source = open_source(source_dir)
+    target = S3FileStore(target_url, config.s3_endpoint_url, staging_dir=config.s3_staging_dir)
+    target.check()
+    result = migrate(context.database(), source, target, jobs,
+                     Progress() if quiet else _backup_progress())
+    if not quiet or result.failed or result.interrupted:
+        click.echo(result.summary(), err=quiet)
+    for problem in result.problems:
+        click.echo(f"PROBLEM: {problem}", err=True)
+    if result.interrupted:
+        sys.exit(130)
+    if result.failed:
+        sys.exit(1)
+
+
 def ensure_first_user(user_directory: Users) -> str | None:
     """On a server with no users, create ``admin`` with every role; return its password."""
     from .auth import UserError
