@@ -40,6 +40,23 @@ def load_receiver_class(spec: str) -> type[BaseImportReceiver]:
     return receiver_class
 
 
+def _resumable_uploads(config: Config, database: Database, files, receiver, activity):
+    """Uploads any host can continue when the file store is a bucket and the receiver
+    stores through it (and md5 states can be carried between hosts); otherwise they grow
+    on this host, in the store's ``.uploads/`` or the bucket's ``s3_staging_dir``."""
+    from .storage import md5_state
+
+    limits = (config.max_chunk_bytes, config.max_upload_bytes, activity)
+    if files.kind == "s3" and hasattr(receiver, "receive_complete_pending"):
+        if md5_state.available():
+            from .imports.shared_uploads import SharedUploads
+
+            return SharedUploads(database, files, receiver, *limits)
+        log.warning("libcrypto has no MD5_Update: resumable uploads stay on the host that "
+                    "takes them (give the balancer sticky sessions)")
+    return ResumableUploads(files, receiver, *limits)
+
+
 @dataclass
 class Services:
     config: Config
@@ -93,8 +110,7 @@ class Services:
         receiver = load_receiver_class(config.receiver)(ReceiverContext(config, database, files))
         activity = ImportActivity(NodeActivityLog(database, flush_seconds=NODE_ACTIVITY_FLUSH_SECONDS))
         importer = Importer(receiver, EntityCache(config.import_cache_size), activity)
-        uploads = ResumableUploads(files, receiver, config.max_chunk_bytes, config.max_upload_bytes,
-                                   activity)
+        uploads = _resumable_uploads(config, database, files, receiver, activity)
         sweep = PeriodicSweep(database, files, config,
                               on_swept=lambda swept: activity.uploads_expired(swept.partial_files))
         batch = None

@@ -134,6 +134,11 @@ class DatabaseImportReceiver(BaseImportReceiver):
         if self.blobs.adopt(file_id, md5, path, size):
             log.info("stored %d bytes for file %s from %s (resumable)", size, file_id.hex, user)
 
+    def receive_complete_pending(self, file_id: uuid.UUID, md5: str, pending, user: str) -> bool:
+        """Store a finished resumable upload that waits, verified, in the bucket (see
+        ``shared_uploads``); False if its bytes were not needed."""
+        return self.blobs.publish(pending)
+
     def upload_failed(self, file_id: uuid.UUID, md5: str, user: str) -> None:
         self._count_failed_upload(file_id, md5)
 

@@ -73,6 +73,19 @@ class Blobs:
             self._record([StoredFile(file_id, md5, size)])
         return True
 
+    def publish(self, pending) -> bool:
+        """Store verified bytes that wait unpublished (a bucket's ``S3PendingFile``, say a
+        finished resumable upload); False if they were not needed (they are dropped)."""
+        try:
+            with self.locked([pending.stored.file_id]):
+                if self._release({pending.stored.file_id: pending.stored.md5}):
+                    return False
+                self.files.install(pending)
+                self._record([pending.stored])
+        finally:
+            pending.discard()
+        return True
+
     def commit_group(self, group: FileGroup) -> list[StoredFile]:
         """Store a group's verified files, all but those not needed; return the stored ones."""
         written = group.written()

@@ -21,11 +21,20 @@ from sqlalchemy.dialects.postgresql import ARRAY, INTEGER
 # Namespaces: the first key of pg_advisory_lock(int, int). Stable across releases: hosts
 # running two versions during an upgrade must still exclude each other.
 PLACEMENT = 0x6D500001  # "mP", 1: the bytes of a file id (storage/blobs.py)
+RESUMABLE_UPLOAD = 0x6D500002  # one request at a time on an upload (imports/shared_uploads.py)
 
 # Locks are taken in key order in one statement: two holders of overlapping sets never
 # wait for each other in a cycle.
 _LOCK_ALL = text(
     "SELECT count(pg_advisory_lock(:namespace, key)) "
+    "FROM (SELECT DISTINCT key FROM unnest(:keys) AS key ORDER BY key) AS ordered"
+).bindparams(bindparam("keys", type_=ARRAY(INTEGER)))
+
+
+# All or nothing: bool_and stops at no key, but a key taken before a refused one would stay
+# held, so the caller unlocks everything it holds afterwards whatever the answer.
+_TRY_ALL = text(
+    "SELECT bool_and(pg_try_advisory_lock(:namespace, key)) "
     "FROM (SELECT DISTINCT key FROM unnest(:keys) AS key ORDER BY key) AS ordered"
 ).bindparams(bindparam("keys", type_=ARRAY(INTEGER)))
 
@@ -57,10 +66,25 @@ class AdvisoryLocks:
             try:
                 yield
             finally:
-                # Unlocked before the connection goes back to the pool; should that fail,
-                # the connection is thrown away, which ends the session and its locks.
-                try:
-                    connection.execute(text("SELECT pg_advisory_unlock_all()"))
-                except Exception:
-                    connection.invalidate()
-                    raise
+                _unlock_all(connection)
+
+    @contextlib.contextmanager
+    def try_locked(self, ids: Collection[uuid.UUID]) -> Iterator[bool]:
+        """Hold the locks of ``ids`` if none is held elsewhere; yields whether it does."""
+        keys = sorted({_key(item) for item in ids})
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            got = connection.execute(_TRY_ALL, {"namespace": self.namespace, "keys": keys}).scalar()
+            try:
+                yield bool(got)
+            finally:
+                _unlock_all(connection)
+
+
+def _unlock_all(connection) -> None:
+    """Unlock before the connection goes back to the pool; should that fail, the
+    connection is thrown away, which ends the session and its locks."""
+    try:
+        connection.execute(text("SELECT pg_advisory_unlock_all()"))
+    except Exception:
+        connection.invalidate()
+        raise

@@ -37,7 +37,12 @@ def sweep_orphan_data(database: Database, files: FileStore, older_than_seconds: 
     """
     blobs = Blobs(database, files)
     removed = blobs.remove_orphans(store.now_ms() - older_than_seconds * 1000)
-    partial = files.remove_stale_uploads(upload_expiry_seconds)
+    if files.kind == "s3":
+        from ..imports import shared_uploads  # the uploads' rows say which the bucket keeps
+
+        partial = shared_uploads.sweep(database, files, upload_expiry_seconds)
+    else:
+        partial = files.remove_stale_uploads(upload_expiry_seconds)
     unindexed = blobs.remove_unindexed(time.time() - older_than_seconds) if scan_disk else 0
     result = SweepResult(removed, unindexed, partial)
     if result.total:

@@ -15,8 +15,10 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
     Uuid,
 )
@@ -186,6 +188,29 @@ class StoredBlobRow(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     # Refreshed whenever an import relies on the blob, so the orphan sweep spares it.
     touched_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class ResumableUploadRow(Base):
+    """A resumable upload into a bucket, shared by every host (``imports/shared_uploads.py``).
+
+    ``offset`` bytes are held: in ``parts`` (JSON: [[number, etag, size], ...]) of the
+    multipart upload ``upload_id`` at the file's key, then ``tail_size`` bytes in the tail
+    object of that many parts (under S3's 5 MiB part minimum, waiting for more).
+    ``md5_state`` is the whole file's md5 so far (``md5_state.ResumableMd5``), so any host
+    can take the next chunk and the last one can verify the file before publishing it.
+    """
+
+    __tablename__ = "resumable_upload"
+
+    file_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    md5: Mapped[str] = mapped_column(String(32), primary_key=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    upload_id: Mapped[str | None] = mapped_column(String(1024))
+    parts: Mapped[str] = mapped_column(Text)
+    tail_size: Mapped[int] = mapped_column(BigInteger)
+    md5_state: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
 class UploadFailureRow(Base):

@@ -363,16 +363,18 @@ class S3FileStore:
         self.client.delete_object(Bucket=self.bucket, Key=self.key_for(file_id))
         return True
 
-    def remove_stale_uploads(self, older_than_seconds: float) -> int:
+    def remove_stale_uploads(self, older_than_seconds: float, keep: Collection[str] = ()) -> int:
         """Remove resumable uploads of this host idle for ``older_than_seconds``, and abort
         multipart uploads under this store's prefix that received no part for as long (a
-        crash or a cut connection left them)."""
+        crash or a cut connection left them), but those in ``keep`` (upload ids that a
+        shared resumable upload still counts on: it may grow its tail for a long time
+        before its next part)."""
         cutoff = time.time() - older_than_seconds
         removed = self.staging.remove_stale_uploads(older_than_seconds)
         paginator = self.client.get_paginator("list_multipart_uploads")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for upload in page.get("Uploads", ()):
-                if upload["Initiated"].timestamp() >= cutoff:
+                if upload["Initiated"].timestamp() >= cutoff or upload["UploadId"] in keep:
                     continue
                 if self._last_part_time(upload) >= cutoff:
                     continue  # a slow sender still sending

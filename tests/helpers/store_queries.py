@@ -38,11 +38,20 @@ def stored_bytes(files, file_id: uuid.UUID) -> bytes | None:
         return None
 
 
-def nothing_in_store(files) -> bool:
-    """Whether a file store holds no file, and no upload in progress, at all."""
+def nothing_partial(files) -> bool:
+    """Whether a file store holds no partial file: under ``.uploads/`` on disk, nor (with
+    a bucket) an unfinished multipart upload."""
     partial = [path for path in files.uploads.rglob("*") if path.is_file()] \
         if files.uploads.exists() else []
-    return not list(files.iter_file_ids()) and not partial
+    if files.kind == "s3":
+        reply = files.client.list_multipart_uploads(Bucket=files.bucket, Prefix=files.prefix)
+        partial += reply.get("Uploads", [])
+    return not partial
+
+
+def nothing_in_store(files) -> bool:
+    """Whether a file store holds no file, and no upload in progress, at all."""
+    return not list(files.iter_file_ids()) and nothing_partial(files)
 
 
 def everything_in_store(files) -> list:

@@ -11,7 +11,7 @@ from protocol import BatchClient, ResumableClient, bundle, plan_entry
 
 from meteorpi_server.imports.bundles import MEDIA_TYPE as BUNDLE_MEDIA_TYPE
 from meteorpi_server.storage import store
-from store_queries import stored_bytes
+from store_queries import nothing_partial, stored_bytes
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def test_files_before_a_cut_in_a_bundle_are_kept(batch, camera, dataset, service
     assert reply["error"] == "incomplete_upload"
     assert services.files.exists(first.file_id) and not services.files.exists(second.file_id)
     assert [f["file_id"] for f in batch.plan(first, second)["need_files"]] == [second.file_id.hex]
-    assert list(services.files.uploads.iterdir()) == []  # no partial file left behind
+    assert nothing_partial(services.files)
 
 
 def test_a_bundle_needs_its_media_type_a_length_and_the_limit(settings, exporter_auth, camera, dataset):

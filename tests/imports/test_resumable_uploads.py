@@ -1,16 +1,18 @@
 """Resumable chunked uploads on /import/data/<file_id>/<md5>, beside the legacy upload."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import uuid
 
 import factories
 import pytest
 from protocol import ProtocolClient, ResumableClient, chunk_checksum
+from store_queries import stored_bytes
 
 from meteorpi_model import md5_bytes
+from meteorpi_server.imports import shared_uploads
 from meteorpi_server.imports.resumable import Checksum
-from store_queries import stored_bytes
 
 DATA = factories.file_bytes(300_000)
 MD5 = md5_bytes(DATA)
@@ -192,6 +194,7 @@ def test_an_upload_that_holds_no_bytes_yet_may_declare_a_new_length(uploader, fi
     assert uploader.send_all(file_id, DATA, 100_000).get_json()["complete"]
 
 
+@pytest.mark.local_store_only  # a partial file and its pin on this host's disk
 def test_a_partial_upload_from_before_length_pins_goes_on(uploader, file_id, services):
     services.files.upload_path(file_id, MD5).write_bytes(DATA[:1000])
     response = uploader.chunk(file_id, MD5, 1000, len(DATA), DATA[1000:])
@@ -210,15 +213,27 @@ def test_chunks_and_files_over_the_limits_are_a_413(settings, exporter_auth, fil
     app.extensions["meteorpi"].database.dispose()
 
 
-def test_two_writers_on_one_upload_do_not_interleave(uploader, file_id, services):
-    uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000])
+@contextlib.contextmanager
+def another_writer(services, file_id):
+    """Another request at work on the upload, on this host or (with a bucket) any other."""
+    if services.files.kind == "s3":
+        with shared_uploads.exclusive(services.database, services.files, file_id, MD5):
+            yield
+        return
     with open(services.files.upload_path(file_id, MD5), "rb") as other_writer:
         fcntl.flock(other_writer.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def test_two_writers_on_one_upload_do_not_interleave(uploader, file_id, services):
+    uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000])
+    with another_writer(services, file_id):
         response = uploader.chunk(file_id, MD5, 1000, len(DATA), DATA[1000:2000])
     assert response.status_code == 409 and response.get_json()["error"] == "upload_busy"
     assert uploader.state(file_id, MD5).get_json()["offset"] == 1000
 
 
+@pytest.mark.local_store_only  # a partial file and its pin on this host's disk
 def test_a_chunk_is_never_acknowledged_into_a_partial_file_swept_away_under_it(
         uploader, file_id, services, monkeypatch):
     import os
@@ -379,6 +394,7 @@ def test_bytes_a_crash_left_past_the_confirmed_offset_do_not_count(uploader, fil
     assert stored_bytes(services.files, file_id) == DATA
 
 
+@pytest.mark.local_store_only  # a partial file and its pin on this host's disk
 def test_a_pin_a_crash_left_half_written_starts_the_upload_again(uploader, file_id, services):
     uploader.chunk(file_id, MD5, 0, len(DATA), DATA[:1000])
     pin = _partial(services, file_id).with_name(_partial(services, file_id).name + ".length")

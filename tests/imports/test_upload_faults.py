@@ -228,12 +228,12 @@ class FinalPathWatcher:
         return self.partial_sightings
 
 
-def settled_size(path, quiet_seconds: float = 0.5) -> int:
-    """The file's size once the server has finished with what was already in flight."""
-    size = -1
-    while size != (size := path.stat().st_size):
+def settled_offset(services, file_id, md5: str, quiet_seconds: float = 0.5) -> int:
+    """The upload's held offset once the server has finished with what was in flight."""
+    offset = -1
+    while offset != (offset := services.uploads.partial_offset(file_id, md5)):
         time.sleep(quiet_seconds)
-    return size
+    return offset
 
 
 @pytest.fixture
@@ -306,7 +306,7 @@ def test_an_upload_survives_the_server_being_killed_and_restarted(server_config,
     while proxy.forwarded < size // 3:
         time.sleep(0.01)
     server.kill()
-    offset_at_kill = services.files.upload_path(file_id, md5).stat().st_size
+    offset_at_kill = services.uploads.partial_offset(file_id, md5)
     server = GunicornProcess(server_config, port, workers=2)
     thread.join(120)
     server.stop()
@@ -402,7 +402,7 @@ def test_an_upload_resumes_after_the_exporter_is_killed(gunicorn_server, exporte
             break
     first.send_signal(signal.SIGKILL)
     first.wait()
-    held = settled_size(services.files.upload_path(file_id, md5))
+    held = settled_offset(services, file_id, md5)
     second = subprocess.run(command, capture_output=True, text=True, timeout=120)
     proxy.close()
     assert second.returncode == 0, second.stderr

@@ -52,6 +52,7 @@ def test_bytes_that_fail_the_md5_are_refused_whichever_process_ends_the_upload(t
     assert not services.files.exists(file_id)
 
 
+@pytest.mark.local_store_only  # a partial file on this host's disk, swept and made anew
 def test_a_partial_file_made_anew_is_never_taken_for_the_one_a_process_remembers(
         two_processes, services):
     """A process remembers the md5 of the first half it took; the partial is then swept
