@@ -170,8 +170,9 @@ SETTINGS: tuple[Setting, ...] = (
             "URL of the S3 server when file_store is a bucket elsewhere than AWS (Ceph RGW, "
             "SeaweedFS, Garage, MinIO), e.g. http://127.0.0.1:8333; empty for AWS.", _str),
     Setting("s3_staging_dir", "var/uploads",
-            "With a bucket file store: this host's directory where resumable uploads grow "
-            "until they are whole and verified, before they go to the bucket.", _non_empty_str),
+            "With a bucket file store: this host's directory for its lock files (on SQLite) "
+            "and, where libcrypto cannot carry md5 states between hosts, for resumable "
+            "uploads growing until they are whole.", _non_empty_str),
     Setting("s3_presigned_downloads_seconds", 0,
             "With a bucket file store: 0 streams downloads through the server; N answers "
             "GET /files/content with a redirect to a presigned URL valid N seconds (the "
