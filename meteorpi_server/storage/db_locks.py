@@ -19,7 +19,8 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, INTEGER
 
 # Namespaces: the first key of pg_advisory_lock(int, int). Stable across releases: hosts
-# running two versions during an upgrade must still exclude each other.
+# running two versions during an upgrade must still exclude each other. (0x6D70 is taken:
+# camera statuses, storage/store.py.)
 PLACEMENT = 0x6D500001  # "mP", 1: the bytes of a file id (storage/blobs.py)
 RESUMABLE_UPLOAD = 0x6D500002  # one request at a time on an upload (imports/shared_uploads.py)
 

@@ -433,11 +433,6 @@ class S3FileGroup:
                 pending.discard()
         return [pending.stored for pending in keep]
 
-    def discard(self) -> None:
-        written, self._written = self._written, []
-        for pending in written:
-            pending.discard()
-
 
 class S3ObjectReader(io.RawIOBase):
     """A seekable, read-only view of one object: each read after a seek opens a ranged
