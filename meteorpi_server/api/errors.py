@@ -64,8 +64,31 @@ def register_error_handlers(app: Flask) -> None:
                 response.headers[name] = value
         return response
 
+    for kind in _bucket_errors():
+        app.register_error_handler(kind, _bucket_unavailable)
+
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal_error",
                               "the server failed to handle this request; the error is in its log")
+
+
+def _bucket_errors() -> tuple[type, ...]:
+    """The S3 client's errors, where it is installed (a bucket as the file store)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return ()
+    return (BotoCoreError, ClientError)
+
+
+def _bucket_unavailable(error: Exception):
+    """The bucket failed mid-request (after the client's own retries): the request did
+    not happen, nothing partial is visible, and the sender should try again later."""
+    log.warning("file store failed on %s %s: %s", request.method, request.path, error)
+    response = error_response(503, "file_store_unavailable",
+                              "the file store (an S3 bucket) did not answer; nothing was "
+                              "stored: try again later")
+    response.headers["Retry-After"] = "30"
+    return response

@@ -81,7 +81,9 @@ def make_client(endpoint_url: str | None = None, quick: bool = False):
     except ImportError:
         raise S3Unavailable("file_store is a bucket, and boto3 is not installed: "
                             "pip install 'meteorpi[s3]'") from None
-    config = Config(retries={"mode": "standard", "max_attempts": 1 if quick else 8},
+    # AWS_MAX_ATTEMPTS, boto3's own variable, is honoured: a Config would override it.
+    attempts = 1 if quick else int(os.environ.get("AWS_MAX_ATTEMPTS") or 8)
+    config = Config(retries={"mode": "standard", "max_attempts": attempts},
                     connect_timeout=2 if quick else 10, read_timeout=3 if quick else 60,
                     max_pool_connections=32,
                     # Servers other than AWS seldom resolve bucket names as host names.

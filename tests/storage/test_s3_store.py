@@ -179,3 +179,27 @@ def test_presigned_downloads_redirect_to_the_bucket(settings, file_store_kind, t
         assert "night.jpg" in fetched.headers["Content-Disposition"]
     finally:
         app.extensions["meteorpi"].database.dispose()
+
+
+@pytest.mark.parametrize("file_store_kind", ["s3"], indirect=True)
+def test_a_bucket_gone_mid_import_is_a_503_to_retry_not_a_500(settings, file_store_kind,
+                                                              tmp_path, monkeypatch):
+    from meteorpi_server import create_app
+
+    server = seaweed.SeaweedS3(tmp_path / "going")
+    server.create_bucket("going")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    settings.update(file_store="s3://going/", s3_endpoint_url=server.endpoint_url)
+    app = create_app(settings)
+    try:
+        make_user(app, "node1", PASSWORD)
+        server.stop()
+        data = b"a night's image"
+        reply = app.test_client().post(
+            f"/import/data/{uuid.uuid4().hex}/{md5_bytes(data)}", headers=basic_auth(("node1", PASSWORD)),
+            data={"file": (io.BytesIO(data), "image.jpg")}, content_type="multipart/form-data")
+        assert reply.status_code == 503
+        assert reply.get_json()["error"] == "file_store_unavailable"
+        assert reply.headers["Retry-After"] == "30"
+    finally:
+        app.extensions["meteorpi"].database.dispose()
