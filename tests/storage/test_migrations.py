@@ -36,8 +36,8 @@ def test_the_code_knows_the_newest_migration(database_url):
 
 def test_a_database_one_migration_behind_is_refused_saying_what_to_run(tmp_path):
     database = Database(f"sqlite:///{tmp_path / 'old.db'}", create=True)
-    database.upgrade("0006")
-    with pytest.raises(SchemaError, match=r"at revision 0006, the code needs 0007: run 'meteorpi db upgrade'"):
+    database.upgrade("0007")
+    with pytest.raises(SchemaError, match=r"at revision 0007, the code needs 0008: run 'meteorpi db upgrade'"):
         database.check_schema()
     database.upgrade()
     database.check_schema()

@@ -203,3 +203,26 @@ def test_a_bucket_gone_mid_import_is_a_503_to_retry_not_a_500(settings, file_sto
         assert reply.headers["Retry-After"] == "30"
     finally:
         app.extensions["meteorpi"].database.dispose()
+
+
+@pytest.mark.parametrize("file_store_kind", ["s3"], indirect=True)
+def test_readiness_says_when_the_bucket_cannot_be_reached(settings, file_store_kind, tmp_path):
+    from meteorpi_server import create_app
+
+    server = seaweed.SeaweedS3(tmp_path / "watched")
+    server.create_bucket("watched")
+    settings.update(file_store="s3://watched/", s3_endpoint_url=server.endpoint_url)
+    app = create_app(settings)
+    try:
+        ready = app.test_client().get("/health/ready")
+        assert ready.status_code == 200
+        check = next(c for c in ready.get_json()["checks"] if c["name"] == "file_store")
+        assert check["ok"] and "s3://watched/" in check["reason"]
+        server.stop()
+        failing = app.test_client().get("/health/ready")
+        assert failing.status_code == 503
+        check = next(c for c in failing.get_json()["checks"] if c["name"] == "file_store")
+        assert not check["ok"] and "cannot reach the S3 server" in check["reason"]
+    finally:
+        server.stop()
+        app.extensions["meteorpi"].database.dispose()
