@@ -75,6 +75,7 @@ bench: install
 	$(BIN)/python bench/password_guessing.py
 	$(BIN)/python bench/peer_rsync.py
 	$(BIN)/python bench/legacy_balancer.py
+	$(BIN)/python bench/bucket_vs_disk.py
 
 # Two servers on loopback: a camera node fills up with demo data and replicates it to a
 # central server while you watch; it then says where to look. On a terminal the servers

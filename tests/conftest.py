@@ -41,9 +41,12 @@ REQUIRE_POSTGRES = os.environ.get("METEORPI_REQUIRE_POSTGRES", "") not in ("", "
 # started by this session; METEORPI_REQUIRE_S3=1 (as in CI) makes its absence an error.
 REQUIRE_S3 = os.environ.get("METEORPI_REQUIRE_S3", "") not in ("", "0")
 S3_TEST_BUCKET = "meteorpi-test"
-# Suites whose tests that build an app run on the S3 file store too: storage, the
-# protocols (legacy, resumable, v2) and downloads.
-S3_SUITES = ("tests/storage/", "tests/imports/", "tests/api/test_downloads.py")
+# Suites whose tests that build an app run on the S3 file store too: the protocols (legacy,
+# resumable, v2), downloads, and the storage tests that place file bytes. (The feed,
+# camera and status tests of tests/storage never touch a file's bytes; the bucket's own
+# tests are tests/storage/test_s3_store.py and test_migrate.py.)
+S3_SUITES = ("tests/imports/", "tests/api/test_downloads.py",
+             "tests/storage/test_blob_placement.py")
 PASSWORD = "correct horse battery staple"
 # The server hashes passwords with werkzeug's default (scrypt, tens of milliseconds by
 # design); a check costs as much, and tests check passwords on nearly every request. Tests

@@ -217,7 +217,7 @@ def bucket_check(files) -> Check:
     from ..storage.s3 import S3Unavailable
 
     try:
-        files.check(quick=True)
+        files.check()
     except S3Unavailable as error:
         return Check("file_store", False, str(error))
     return Check("file_store", True, f"{files.describe()} is writable")

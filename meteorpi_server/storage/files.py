@@ -204,7 +204,7 @@ class FileStore:
     def describe(self) -> str:
         return str(self.root)
 
-    def check(self, quick: bool = False) -> None:
+    def check(self, quick: bool = True) -> None:
         """Nothing to check at start-up: the directory is made by the first upload, and
         GET /health/ready reports whether it is writable."""
 

@@ -183,9 +183,11 @@ class S3FileStore:
 
     # Start-up ----------------------------------------------------------------------------
 
-    def check(self, quick: bool = False) -> None:
+    def check(self, quick: bool = True) -> None:
         """Raise S3Unavailable, in one line that says what to do, unless the bucket can be
-        read and written with the credentials at hand (``quick``: within seconds)."""
+        read and written with the credentials at hand. ``quick`` (the default: start-up and
+        readiness) answers within seconds, without retries: a server that will not start
+        says so at once, and its supervisor starts it again."""
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,

@@ -222,6 +222,7 @@ def test_the_server_memory_does_not_grow_with_the_upload_size(gunicorn_server, e
     assert after_large - after_small < 32 * 1024, (after_small, after_large)
 
 
+@pytest.mark.local_store_only  # the exporter's memory: the server's store makes no odds
 def test_the_exporter_memory_does_not_grow_with_the_file_size(gunicorn_server, exporter_auth, tmp_path):
     import tracemalloc
 

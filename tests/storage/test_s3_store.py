@@ -181,6 +181,8 @@ def test_presigned_downloads_redirect_to_the_bucket(settings, file_store_kind, t
         app.extensions["meteorpi"].database.dispose()
 
 
+# A server of its own to stop: once, on the database N hosts share.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("file_store_kind", ["s3"], indirect=True)
 def test_a_bucket_gone_mid_import_is_a_503_to_retry_not_a_500(settings, file_store_kind,
                                                               tmp_path, monkeypatch):
@@ -205,6 +207,8 @@ def test_a_bucket_gone_mid_import_is_a_503_to_retry_not_a_500(settings, file_sto
         app.extensions["meteorpi"].database.dispose()
 
 
+# A server of its own to stop: once, on the database N hosts share.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("file_store_kind", ["s3"], indirect=True)
 def test_readiness_says_when_the_bucket_cannot_be_reached(settings, file_store_kind, tmp_path):
     from meteorpi_server import create_app
