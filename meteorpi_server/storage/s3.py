@@ -305,6 +305,7 @@ class S3FileStore:
         hasher = MD5Stream()
         pending = S3PendingFile(self, StoredFile(file_id, expected_md5, 0))
         buffer = bytearray()
+        parts = _PartPipeline(self, pending)
         try:
             while piece := source.read(CHUNK_SIZE):
                 hasher.update(piece)
@@ -312,34 +313,45 @@ class S3FileStore:
                     raise TooLarge(max_bytes)
                 buffer += piece
                 if len(buffer) >= self.part_size:
-                    self._send_part(pending, bytes(buffer[:self.part_size]))
+                    parts.send(bytes(buffer[:self.part_size]))
                     del buffer[:self.part_size]
             actual = hasher.hexdigest()
             if actual != expected_md5:
                 raise Md5Mismatch(file_id, expected_md5, actual, hasher.bytes_seen)
             if pending.upload_id is not None and buffer:
-                self._send_part(pending, bytes(buffer))
+                parts.send(bytes(buffer))
             elif pending.upload_id is None:
                 pending.data = bytes(buffer)
+            parts.finish()
         except BaseException:
+            parts.finish(cancel=True)
             pending.discard()
             raise
         pending.stored = StoredFile(file_id, actual, hasher.bytes_seen)
         return pending
 
     def _send_part(self, pending: S3PendingFile, data: bytes) -> None:
-        key = self.key_for(pending.stored.file_id)
+        """Upload ``data`` as the next part of ``pending``'s multipart upload (begun now
+        if need be), and note it."""
+        number = self._next_part(pending)
+        pending.parts.append(self._upload_part(pending, number, data))
+
+    def _next_part(self, pending: S3PendingFile) -> int:
         if pending.upload_id is None:
             pending.upload_id = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=key,
+                Bucket=self.bucket, Key=self.key_for(pending.stored.file_id),
                 Metadata={"md5": pending.stored.md5})["UploadId"]
         number = len(pending.parts) + 1
         if number > MAX_PARTS:
             raise TooLarge(self.part_size * MAX_PARTS)
+        return number
+
+    def _upload_part(self, pending: S3PendingFile, number: int, data: bytes) -> dict:
         reply = self.client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=pending.upload_id, PartNumber=number,
-            Body=data, ContentMD5=base64.b64encode(_md5(data)).decode())
-        pending.parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+            Bucket=self.bucket, Key=self.key_for(pending.stored.file_id),
+            UploadId=pending.upload_id, PartNumber=number, Body=data,
+            ContentMD5=base64.b64encode(_md5(data)).decode())
+        return {"PartNumber": number, "ETag": reply["ETag"]}
 
     def install(self, pending: S3PendingFile) -> None:
         """Publish verified bytes at their key (the caller holds the placement lock)."""
@@ -397,6 +409,42 @@ class S3FileStore:
                 return 0.0
             raise
         return max((part["LastModified"].timestamp() for part in parts), default=0.0)
+
+
+class _PartPipeline:
+    """Sends one part while the next arrives: a large file then takes about as long as
+    the slower of receiving and uploading, not both. At most one part is in flight, so an
+    upload holds two parts in memory."""
+
+    def __init__(self, store: S3FileStore, pending: S3PendingFile):
+        self.store, self.pending = store, pending
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight = None
+
+    def send(self, data: bytes) -> None:
+        self._wait()
+        number = self.store._next_part(self.pending)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="s3-part")
+        self._in_flight = self._pool.submit(self.store._upload_part, self.pending, number, data)
+
+    def _wait(self) -> None:
+        if self._in_flight is not None:
+            future, self._in_flight = self._in_flight, None
+            self.pending.parts.append(future.result())
+
+    def finish(self, cancel: bool = False) -> None:
+        """Wait for the part in flight (``cancel``: and drop it), then stop the thread."""
+        try:
+            if cancel and self._in_flight is not None:
+                self._in_flight.cancel()
+                with contextlib.suppress(BaseException):
+                    self._in_flight.result()
+                self._in_flight = None
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def _md5(data: bytes) -> bytes:

@@ -216,9 +216,11 @@ def test_the_server_memory_does_not_grow_with_the_upload_size(gunicorn_server, e
         path.unlink()
         return _peak_rss_kib(worker)
 
-    after_small = upload(8 << 20)
+    # The smaller upload is already several parts long: into a bucket, an upload holds a
+    # part or two in memory whatever its size, and that constant is not growth.
+    after_small = upload(32 << 20)
     after_large = upload(256 << 20)
-    # 32x the bytes; the peak may move by a few read buffers, not by the file.
+    # 8x the bytes; the peak may move by a few read buffers, not by the file.
     assert after_large - after_small < 32 * 1024, (after_small, after_large)
 
 
