@@ -107,6 +107,18 @@ class Checksum:
         return cls(algorithm, digest)
 
 
+def check_declared(offset: int, length: int, chunk_length: int | None, max_chunk_bytes: int,
+                   max_file_bytes: int) -> None:
+    """Refuse a chunk whose headers already break a limit, before reading any of it."""
+    if length > max_file_bytes:
+        raise UploadTooLarge(f"the file is larger than this server's limit of "
+                             f"{max_file_bytes} bytes")
+    if chunk_length is not None and chunk_length > max_chunk_bytes:
+        raise UploadTooLarge(f"a chunk may be at most {max_chunk_bytes} bytes")
+    if offset + (chunk_length or 0) > length:
+        raise UploadError(f"the chunk runs past the Upload-Length of {length} bytes")
+
+
 @dataclass(frozen=True)
 class UploadState:
     """How far an upload has got: ``offset`` bytes held; ``complete`` once stored (the
@@ -162,13 +174,7 @@ class ResumableUploads:
         arrive are kept, unless a checksum was given (then a chunk is all or nothing), and
         the error propagates.
         """
-        if length > self.max_file_bytes:
-            raise UploadTooLarge(f"the file is larger than this server's limit of "
-                                 f"{self.max_file_bytes} bytes")
-        if chunk_length is not None and chunk_length > self.max_chunk_bytes:
-            raise UploadTooLarge(f"a chunk may be at most {self.max_chunk_bytes} bytes")
-        if offset + (chunk_length or 0) > length:
-            raise UploadError(f"the chunk runs past the Upload-Length of {length} bytes")
+        check_declared(offset, length, chunk_length, self.max_chunk_bytes, self.max_file_bytes)
         if self.receiver.has_file_data(file_id, md5):
             return UploadState(length, complete=True)
         path = self.files.upload_path(file_id, md5)

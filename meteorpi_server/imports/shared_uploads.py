@@ -53,6 +53,7 @@ from .resumable import (
     UploadError,
     UploadState,
     UploadTooLarge,
+    check_declared,
 )
 
 log = logging.getLogger("meteorpi.upload")
@@ -90,13 +91,7 @@ class SharedUploads:
                chunk_length: int | None = None) -> UploadState:
         """Take the chunk at ``offset`` of an upload of ``length`` bytes (see
         ``ResumableUploads.append``: the same replies and the same guarantees)."""
-        if length > self.max_file_bytes:
-            raise UploadTooLarge(f"the file is larger than this server's limit of "
-                                 f"{self.max_file_bytes} bytes")
-        if chunk_length is not None and chunk_length > self.max_chunk_bytes:
-            raise UploadTooLarge(f"a chunk may be at most {self.max_chunk_bytes} bytes")
-        if offset + (chunk_length or 0) > length:
-            raise UploadError(f"the chunk runs past the Upload-Length of {length} bytes")
+        check_declared(offset, length, chunk_length, self.max_chunk_bytes, self.max_file_bytes)
         if self.receiver.has_file_data(file_id, md5):
             return UploadState(length, complete=True)
         with exclusive(self.database, self.files, file_id, md5):

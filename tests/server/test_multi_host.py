@@ -120,7 +120,8 @@ def central(tmp_path, postgres_database, postgres_engine, s3_server, password_ha
             config_file.write_text(yaml.safe_dump({
                 **shared, "cache_dir": str(own / "cache"),
                 "s3_staging_dir": str(own / "staging"), **settings}))
-            host = GunicornProcess(config_file, free_port())
+            # One worker each: what is under test is two hosts, not a host's workers.
+            host = GunicornProcess(config_file, free_port(), workers=1)
             stack.callback(_kill_if_running, host)
             hosts.append(host)
         proxy = stack.enter_context(RoundRobinProxy(

@@ -230,3 +230,13 @@ def test_readiness_says_when_the_bucket_cannot_be_reached(settings, file_store_k
     finally:
         server.stop()
         app.extensions["meteorpi"].database.dispose()
+
+
+def test_backup_of_a_bucket_is_refused_saying_what_keeps_it_safe(s3_server, tmp_path, database_url):
+    result = meteorpi(tmp_path, {"database_url": database_url, "file_store": "s3://meteorpi-test/b",
+                                 "s3_endpoint_url": s3_server.endpoint_url},
+                      "backup", str(tmp_path / "backup"))
+    assert result.exit_code == 1
+    assert "works on a local file store" in result.output
+    assert "versioning or replication" in result.output
+    assert not (tmp_path / "backup").exists()
