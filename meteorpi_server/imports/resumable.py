@@ -107,6 +107,18 @@ class Checksum:
         return cls(algorithm, digest)
 
 
+def whole_file_mismatch(receiver, activity: ImportActivity, file_id: uuid.UUID, md5: str,
+                        actual: str, user: str) -> FileMd5Mismatch:
+    """Tell the receiver, the activity log and the log of an upload discarded because the
+    whole file's md5 is not its URL's; the error to raise."""
+    receiver.upload_failed(file_id, md5, user)
+    activity.files_received("resumable", user, None, discarded=[file_id])
+    log.warning("upload of file %s from %s discarded: md5 %s, expected %s",
+                file_id.hex, user, actual, md5)
+    return FileMd5Mismatch(f"the whole file's md5 is {actual}, not {md5}; the upload was "
+                           "discarded: check the file on the node and send it again", 0)
+
+
 def check_declared(offset: int, length: int, chunk_length: int | None, max_chunk_bytes: int,
                    max_file_bytes: int) -> None:
     """Refuse a chunk whose headers already break a limit, before reading any of it."""
@@ -272,12 +284,7 @@ class ResumableUploads:
         if actual != md5:
             os.unlink(path)
             _pin_path(path).unlink(missing_ok=True)
-            self.receiver.upload_failed(file_id, md5, user)
-            self.activity.files_received("resumable", user, None, discarded=[file_id])
-            log.warning("upload of file %s from %s discarded: md5 %s, expected %s",
-                        file_id.hex, user, actual, md5)
-            raise FileMd5Mismatch(f"the whole file's md5 is {actual}, not {md5}; the upload "
-                                  "was discarded: check the file on the node and send it again", 0)
+            raise whole_file_mismatch(self.receiver, self.activity, file_id, md5, actual, user)
         try:
             self.receiver.receive_complete_upload(file_id, md5, path, user)
         finally:

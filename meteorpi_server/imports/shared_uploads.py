@@ -46,7 +46,6 @@ from .resumable import (
     CHECKSUM_ALGORITHMS,
     Checksum,
     ChecksumMismatch,
-    FileMd5Mismatch,
     LengthMismatch,
     OffsetMismatch,
     UploadBusy,
@@ -54,6 +53,7 @@ from .resumable import (
     UploadState,
     UploadTooLarge,
     check_declared,
+    whole_file_mismatch,
 )
 
 log = logging.getLogger("meteorpi.upload")
@@ -159,12 +159,7 @@ class SharedUploads:
         file_id, md5 = upload.file_id, upload.expected_md5
         if actual != md5:
             upload.discard()
-            self.receiver.upload_failed(file_id, md5, user)
-            self.activity.files_received("resumable", user, None, discarded=[file_id])
-            log.warning("upload of file %s from %s discarded: md5 %s, expected %s",
-                        file_id.hex, user, actual, md5)
-            raise FileMd5Mismatch(f"the whole file's md5 is {actual}, not {md5}; the upload "
-                                  "was discarded: check the file on the node and send it again", 0)
+            raise whole_file_mismatch(self.receiver, self.activity, file_id, md5, actual, user)
         try:
             if self.receiver.receive_complete_pending(file_id, md5, upload.pending(), user):
                 log.info("stored %d bytes for file %s from %s (resumable)", length,
