@@ -79,10 +79,8 @@ import import_handshake  # noqa: E402  (its server configuration and health figu
 from common import BenchError, progress  # noqa: E402
 from import_handshake import factories  # noqa: E402
 
-from meteorpi_server.storage import store  # noqa: E402
 from meteorpi_server.exporter.batch import DEFAULT_CONCURRENCY, BatchSender, BatchStats  # noqa: E402
 from meteorpi_server.exporter.handshake import ImportClient, TargetError, export_entity  # noqa: E402
-from meteorpi_server.storage.db import Database  # noqa: E402
 
 HOUR_MS = 3_600_000
 CONCURRENCIES = (2, 4, 8)
@@ -280,12 +278,7 @@ def check_stored(target: Target, night: Night, entities: list) -> None:
     events = [entity for entity in entities if entity.ENTITY_TYPE == "event"]
     files = sum(len(event.files) for event in events) + len(entities) - len(events)
     statuses = {entity.status_id for entity in entities}
-    database = Database(target.database_url)
-    try:
-        with database.read() as session:
-            counts = store.count_rows(session)
-    finally:
-        database.dispose()
+    counts = common.row_counts(target.database_url)
     expected = {"events": len(events), "files": files, "blobs": files}
     wrong = {name: (counts[name], value) for name, value in expected.items() if counts[name] != value}
     if wrong or counts["statuses"] < len(statuses):

@@ -54,6 +54,19 @@ def postgres_problem() -> str | None:
     return None
 
 
+def row_counts(database_url: str) -> dict[str, int]:
+    """How many rows of each kind a server's database holds (``store.count_rows``)."""
+    from meteorpi_server.storage import store
+    from meteorpi_server.storage.db import Database
+
+    database = Database(database_url)
+    try:
+        with database.read() as session:
+            return store.count_rows(session)
+    finally:
+        database.dispose()
+
+
 @contextlib.contextmanager
 def fresh_database(kind: str, sqlite_path: Path, label: str = "") -> Iterator[str]:
     """The URL of an empty database of ``kind``: the SQLite file ``sqlite_path`` (its

@@ -87,7 +87,7 @@ import requests
 import yaml
 from sqlalchemy import func, select
 from common import (WORKERS, BenchError, fresh_database, measured, meteorpi, missing_meteorpi,
-                    postgres_problem, progress, record, serving)
+                    postgres_problem, progress, record, row_counts, serving)
 from export import USER, Node
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,8 +99,6 @@ from meteorpi_server.exporter import handshake  # noqa: E402
 from meteorpi_server.exporter.runner import Exporter, ExporterSettings  # noqa: E402
 from meteorpi_server.node.demo import DemoPlan  # noqa: E402
 from meteorpi_server.protocol import CONTINUE_NOCACHE  # noqa: E402
-from meteorpi_server.storage import store  # noqa: E402
-from meteorpi_server.storage.db import Database  # noqa: E402
 from meteorpi_server.storage.files import FileStore  # noqa: E402
 from meteorpi_server.storage.orm import EventRow, FileRecordRow  # noqa: E402
 
@@ -287,12 +285,7 @@ def night_contents(node: Node, window: tuple[int, int]) -> NightContents:
 def check_arrived(name: str, target: Central, night: NightContents) -> int:
     """Everything of the night is in the central database and every file's bytes on some
     host; returns how many files have their bytes on one host only (of two)."""
-    database = Database(target.database_url)
-    try:
-        with database.read() as session:
-            counts = store.count_rows(session)
-    finally:
-        database.dispose()
+    counts = row_counts(target.database_url)
     expected = {"events": night.events, "files": len(night.files), "blobs": len(night.files)}
     wrong = {key: (counts[key], value) for key, value in expected.items() if counts[key] != value}
     if wrong:

@@ -178,37 +178,38 @@ BUSY_WAIT_SECONDS = 1.0
 @contextlib.contextmanager
 def exclusive(database: Database, files: S3FileStore, file_id: uuid.UUID, md5: str) -> Iterator[None]:
     """Work on one upload, alone (UploadBusy if another request keeps it)."""
-    with contextlib.ExitStack() as stack:
-        deadline = time.monotonic() + BUSY_WAIT_SECONDS
-        while not _try_hold(stack, database, files, file_id, md5):
-            if time.monotonic() >= deadline:
-                raise UploadBusy("another request is writing to this upload; ask for the "
-                                 "offset again and resume from there")
-            time.sleep(0.02)
-        yield
+    deadline = time.monotonic() + BUSY_WAIT_SECONDS
+    while True:
+        with _held(database, files, file_id, md5) as held:
+            if held:
+                yield
+                return
+        if time.monotonic() >= deadline:
+            raise UploadBusy("another request is writing to this upload; ask for the "
+                             "offset again and resume from there")
+        time.sleep(0.02)
 
 
-def _try_hold(stack: contextlib.ExitStack, database: Database, files: S3FileStore,
-              file_id: uuid.UUID, md5: str) -> bool:
-    """Take the upload's lock into ``stack`` if it is free: on PostgreSQL an advisory
+@contextlib.contextmanager
+def _held(database: Database, files: S3FileStore, file_id: uuid.UUID, md5: str) -> Iterator[bool]:
+    """The upload's lock if it is free (yields whether it was): on PostgreSQL an advisory
     lock (any host), on SQLite (one host) a lock file."""
     if not database.is_sqlite:
-        locks = AdvisoryLocks(database.engine, RESUMABLE_UPLOAD)
-        with contextlib.ExitStack() as attempt:
-            if not attempt.enter_context(locks.try_locked([file_id])):
-                return False
-            stack.enter_context(attempt.pop_all())
-        return True
+        with AdvisoryLocks(database.engine, RESUMABLE_UPLOAD).try_locked([file_id]) as held:
+            yield held
+        return
     directory = files.staging.root / ".locks"
     directory.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(directory / f"upload-{file_id.hex}.{md5}", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
         os.close(descriptor)
-        return False
-    stack.callback(os.close, descriptor)
-    return True
 
 
 def sweep(database: Database, files: S3FileStore, older_than_seconds: float) -> int:
@@ -239,22 +240,22 @@ def sweep(database: Database, files: S3FileStore, older_than_seconds: float) -> 
 
 
 class _Upload:
-    """One upload's state while a request works on it, and how it reaches the bucket."""
+    """One upload's state while a request works on it, and how it reaches the bucket: an
+    ``S3PendingFile`` (the multipart upload and its parts, ``counted`` of them in the row)
+    and the bytes past its last part."""
 
     def __init__(self, database: Database, files: S3FileStore, file_id: uuid.UUID, md5: str,
                  length: int, offset: int = 0, upload_id: str | None = None,
                  parts: list | None = None, tail_size: int = 0, md5_state: bytes | None = None):
         self.database, self.files = database, files
         self.file_id, self.expected_md5, self.length = file_id, md5, length
-        self.offset = offset
-        self.upload_id = upload_id
-        self.parts: list[list] = parts or []
+        self.offset = self.position = offset
+        self.bucket_file = S3PendingFile(files, StoredFile(file_id, md5, length),
+                                         upload_id=upload_id, parts=list(parts or []))
+        self.counted = len(self.bucket_file.parts)
         self.tail_size = tail_size
         self.md5 = ResumableMd5(md5_state)
-        self.position = offset
         self._buffer = bytearray()
-
-    # Names in the bucket -------------------------------------------------------------------
 
     def _tail_key(self, part_count: int) -> str:
         return f"{self.files.prefix}uploads/{self.file_id.hex}.{self.expected_md5}.tail-{part_count}"
@@ -266,13 +267,12 @@ class _Upload:
         self._buffer = bytearray()
         if self.tail_size:
             reply = self.files.client.get_object(
-                Bucket=self.files.bucket, Key=self._tail_key(len(self.parts)),
+                Bucket=self.files.bucket, Key=self._tail_key(self.counted),
                 Range=f"bytes=0-{self.tail_size - 1}")
             self._buffer += reply["Body"].read()
             if len(self._buffer) != self.tail_size:
-                raise UploadError(f"this upload's held bytes are missing from the bucket; "
+                raise UploadError("this upload's held bytes are missing from the bucket; "
                                   "send it again from byte 0", 0)
-        self._pending_parts: list[list] = []
 
     def add(self, piece: bytes) -> None:
         self.md5.update(piece)
@@ -280,45 +280,34 @@ class _Upload:
         self._buffer += piece
         part_size = self.files.part_size
         while len(self._buffer) >= part_size:
-            self._send_part(bytes(self._buffer[:part_size]))
+            self.files._send_part(self.bucket_file, bytes(self._buffer[:part_size]))
             del self._buffer[:part_size]
-
-    def _send_part(self, data: bytes) -> None:
-        pending = S3PendingFile(self.files, StoredFile(self.file_id, self.expected_md5, 0),
-                                upload_id=self.upload_id,
-                                parts=[{"PartNumber": n, "ETag": e} for n, e, _ in
-                                       self.parts + self._pending_parts])
-        self.files._send_part(pending, data)
-        self.upload_id = pending.upload_id
-        sent = pending.parts[-1]
-        self._pending_parts.append([sent["PartNumber"], sent["ETag"], len(data)])
 
     def hold(self) -> None:
         """Count what this chunk sent: its parts, and the rest as the new tail. The last
         chunk's rest is kept too: should completing fail, an empty chunk at the end (or
         the next request) completes the upload from what is held."""
-        parts = self.parts + self._pending_parts
-        old_tail = self._tail_key(len(self.parts)) if self.tail_size else None
+        parts = len(self.bucket_file.parts)
+        old_tail = self._tail_key(self.counted) if self.tail_size else None
         if self._buffer:
-            self.files.client.put_object(Bucket=self.files.bucket,
-                                         Key=self._tail_key(len(parts)), Body=bytes(self._buffer))
-        self._write_row(parts, len(self._buffer))
-        self.parts, self._pending_parts = parts, []
-        self.offset = self.position
-        self.tail_size = len(self._buffer)
-        if old_tail is not None and old_tail != self._tail_key(len(parts)):
+            self.files.client.put_object(Bucket=self.files.bucket, Key=self._tail_key(parts),
+                                         Body=bytes(self._buffer))
+        self._write_row()
+        self.counted, self.offset, self.tail_size = parts, self.position, len(self._buffer)
+        if old_tail is not None and old_tail != self._tail_key(parts):
             with contextlib.suppress(Exception):  # a leftover costs only space until the end
                 self.files.client.delete_object(Bucket=self.files.bucket, Key=old_tail)
 
-    def _write_row(self, parts: list, tail_size: int) -> None:
+    def _write_row(self) -> None:
         with self.database.write() as session:
             row = session.get(ResumableUploadRow, (self.file_id, self.expected_md5))
             if row is None:
                 row = ResumableUploadRow(file_id=self.file_id, md5=self.expected_md5)
                 session.add(row)
             row.length, row.offset = self.length, self.position
-            row.upload_id, row.parts = self.upload_id, json.dumps(parts)
-            row.tail_size, row.md5_state = tail_size, self.md5.state()
+            row.upload_id = self.bucket_file.upload_id
+            row.parts = json.dumps(self.bucket_file.parts)
+            row.tail_size, row.md5_state = len(self._buffer), self.md5.state()
             row.updated_at = store.now_ms()
 
     # The end ----------------------------------------------------------------------------
@@ -326,15 +315,12 @@ class _Upload:
     def pending(self) -> S3PendingFile:
         """The verified file, ready to publish: the multipart upload with the rest as its
         last part, or (a file under one part) its bytes."""
-        stored = StoredFile(self.file_id, self.expected_md5, self.length)
-        if self.upload_id is None:
-            return S3PendingFile(self.files, stored, data=bytes(self._buffer))
-        if self._buffer:
-            self._send_part(bytes(self._buffer))
-            self.parts, self._pending_parts = self.parts + self._pending_parts, []
-            self._buffer = bytearray()
-        return S3PendingFile(self.files, stored, upload_id=self.upload_id,
-                             parts=[{"PartNumber": n, "ETag": e} for n, e, _ in self.parts])
+        if self.bucket_file.upload_id is None:
+            self.bucket_file.data = bytes(self._buffer)
+        elif self._buffer:
+            self.files._send_part(self.bucket_file, bytes(self._buffer))
+        self._buffer = bytearray()
+        return self.bucket_file
 
     def forget(self) -> None:
         """The upload is over: its row and tail objects go (the multipart upload was
@@ -343,20 +329,13 @@ class _Upload:
             row = session.get(ResumableUploadRow, (self.file_id, self.expected_md5))
             if row is not None:
                 session.delete(row)
-        self._delete_tails()
-
-    def discard(self) -> None:
-        """Drop everything of this upload: its multipart upload, tails and row."""
-        if self.upload_id is not None:
-            with contextlib.suppress(Exception):
-                self.files.client.abort_multipart_upload(
-                    Bucket=self.files.bucket, Key=self.files.key_for(self.file_id),
-                    UploadId=self.upload_id)
-        self.forget()
-
-    def _delete_tails(self) -> None:
         prefix = f"{self.files.prefix}uploads/{self.file_id.hex}.{self.expected_md5}.tail-"
         with contextlib.suppress(Exception):
             listing = self.files.client.list_objects_v2(Bucket=self.files.bucket, Prefix=prefix)
             for entry in listing.get("Contents", ()):
                 self.files.client.delete_object(Bucket=self.files.bucket, Key=entry["Key"])
+
+    def discard(self) -> None:
+        """Drop everything of this upload: its multipart upload, tails and row."""
+        self.bucket_file.discard()
+        self.forget()

@@ -193,7 +193,7 @@ class StoredBlobRow(Base):
 class ResumableUploadRow(Base):
     """A resumable upload into a bucket, shared by every host (``imports/shared_uploads.py``).
 
-    ``offset`` bytes are held: in ``parts`` (JSON: [[number, etag, size], ...]) of the
+    ``offset`` bytes are held: in ``parts`` (JSON: [{"PartNumber": n, "ETag": e}, ...]) of the
     multipart upload ``upload_id`` at the file's key, then ``tail_size`` bytes in the tail
     object of that many parts (under S3's 5 MiB part minimum, waiting for more).
     ``md5_state`` is the whole file's md5 so far (``md5_state.ResumableMd5``), so any host
